@@ -1,0 +1,119 @@
+"""Small pure-python statistics for the evaluate stage: win rates with intervals, paired gold accuracy, and how
+often the judge agrees with the gold checker. No torch; inputs are plain lists."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def _check_lengths(**seqs: Sequence) -> int:
+    lengths = {name: len(s) for name, s in seqs.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"inputs must have the same length, got {lengths}")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise ValueError("no prompts to compare (all inputs are empty)")
+    return n
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion successes / n (z = 1.96: 95%). n = 0 gives (0.0, 1.0)."""
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def win_rate_summary(scores_a: Sequence[float], scores_b: Sequence[float],
+                     identical: Sequence[bool] | None = None) -> dict:
+    """Judged comparison of model A (e.g. DPO) against model B (e.g. SFT), one score each per prompt.
+
+    A prompt is a win when score_a > score_b strictly, a tie when the scores are equal or identical[i] is true
+    (identical answers are ties whatever their scores), else a loss. Returns wins, ties, losses, n,
+    win_rate = wins / n (strict, as the seed counts), win_rate_ties_half = (wins + ties / 2) / n (AlpacaEval,
+    FastChat), and win_rate_ci95 = [lo, hi], the Wilson interval of the strict win rate.
+    """
+    if identical is None:
+        identical = [False] * len(scores_a)
+    n = _check_lengths(scores_a=scores_a, scores_b=scores_b, identical=identical)
+    wins = ties = losses = 0
+    for a, b, same in zip(scores_a, scores_b, identical):
+        if same or a == b:
+            ties += 1
+        elif a > b:
+            wins += 1
+        else:
+            losses += 1
+    lo, hi = wilson_interval(wins, n)
+    return {
+        "wins": wins,
+        "ties": ties,
+        "losses": losses,
+        "n": n,
+        "win_rate": wins / n,
+        "win_rate_ties_half": (wins + ties / 2) / n,
+        "win_rate_ci95": [lo, hi],
+    }
+
+
+def paired_difference(correct_a: Sequence[bool | int], correct_b: Sequence[bool | int], z: float = 1.96) -> dict:
+    """Gold accuracy of A and B on the same prompts (0/1 outcomes), and their difference with a 95% interval.
+
+    The interval is the normal approximation for the mean of the paired differences d_i = a_i - b_i:
+    mean(d) +- z * sd(d) / sqrt(n), sd with n - 1 in the denominator, clipped to [-1, 1]; with n < 2 it is
+    [-1, 1] (no spread to estimate). Pairing removes the prompts both get right or both get wrong, so this is
+    much tighter than comparing two independent rates. gold_win_rate is the share of prompts where A is correct
+    and B wrong; gold_loss_rate the reverse (difference = gold_win_rate - gold_loss_rate).
+    """
+    n = _check_lengths(correct_a=correct_a, correct_b=correct_b)
+    a = [int(bool(x)) for x in correct_a]
+    b = [int(bool(x)) for x in correct_b]
+    d = [x - y for x, y in zip(a, b)]
+    mean_d = sum(d) / n
+    if n < 2:
+        lo, hi = -1.0, 1.0
+    else:
+        var = sum((x - mean_d) ** 2 for x in d) / (n - 1)
+        half = z * math.sqrt(var / n)
+        lo, hi = max(-1.0, mean_d - half), min(1.0, mean_d + half)
+    a_only = sum(1 for x, y in zip(a, b) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b) if y and not x)
+    return {
+        "n": n,
+        "accuracy_a": sum(a) / n,
+        "accuracy_b": sum(b) / n,
+        "difference": mean_d,
+        "difference_ci95": [lo, hi],
+        "gold_win_rate": a_only / n,
+        "gold_loss_rate": b_only / n,
+    }
+
+
+def judge_agreement(judge_prefers_a: Sequence[bool | None], gold_a: Sequence[bool],
+                    gold_b: Sequence[bool]) -> dict:
+    """How often the judge picks the gold-correct answer, on the decisive prompts: those where exactly one of
+    the two answers is gold-correct. judge_prefers_a[i] is True (A preferred), False (B preferred) or None (tie:
+    no preference, counted as not agreeing). Returns agreement (None when there is no decisive prompt),
+    n_decisive, and judge_ties (decisive prompts the judge called a tie)."""
+    _check_lengths(judge_prefers_a=judge_prefers_a, gold_a=gold_a, gold_b=gold_b)
+    n_decisive = agree = judge_ties = 0
+    for pref, ga, gb in zip(judge_prefers_a, gold_a, gold_b):
+        if bool(ga) == bool(gb):
+            continue
+        n_decisive += 1
+        if pref is None:
+            judge_ties += 1
+        elif bool(pref) == bool(ga):
+            agree += 1
+    return {
+        "agreement": agree / n_decisive if n_decisive else None,
+        "n_decisive": n_decisive,
+        "judge_ties": judge_ties,
+    }

@@ -1,0 +1,267 @@
+"""Preference losses as pure tensor functions: no model, no trainer, just log-probabilities in, losses out.
+
+Every loss returns PER-EXAMPLE losses of shape (B,); the caller takes the mean. Inputs are 1-D float tensors of
+response log-probabilities (prompt tokens masked out). Notation:
+
+    h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+
+"Summed" means log-probs summed over the response tokens; "averaged" means that sum divided by the number of
+response tokens. Which one each loss expects is stated in its docstring; `preference_loss` hands each loss the
+right one from a `PairLogps`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from preftune.errors import ConfigError
+
+
+class LossConfigError(ConfigError, ValueError):
+    """A bad loss name or loss option. A ValueError for callers, and a ConfigError so stages print one line."""
+
+
+def _check_beta(beta: float) -> None:
+    if beta < 0:
+        raise LossConfigError(f"beta must be >= 0, got {beta}")
+
+
+def _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+    return (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+
+
+def sigmoid_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float) -> torch.Tensor:
+    """DPO (Rafailov et al. 2023): -logsigmoid(beta * h). Summed log-probs."""
+    _check_beta(beta)
+    h = _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    return -F.logsigmoid(beta * h)
+
+
+def cdpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float,
+              label_smoothing: float) -> torch.Tensor:
+    """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences"): the labels are flipped with
+    probability e, so the loss is the expected DPO loss under smoothed labels:
+
+        -(1 - e) logsigmoid(beta h) - e logsigmoid(-beta h)
+
+    Summed log-probs. e = 0 is DPO. This is TRL's `loss_type="sigmoid"` with `label_smoothing=e`.
+    """
+    _check_beta(beta)
+    if not 0.0 <= label_smoothing <= 0.5:
+        raise LossConfigError(f"label_smoothing for cdpo must be in [0, 0.5], got {label_smoothing}")
+    z = beta * _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    return -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+
+
+def robust_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float,
+                label_smoothing: float) -> torch.Tensor:
+    """Robust DPO (Chowdhury et al. 2024, "Provably robust DPO"): the unbiased loss under label-flip rate e,
+
+        [-(1 - e) logsigmoid(beta h) + e logsigmoid(-beta h)] / (1 - 2e)
+
+    Summed log-probs. e = 0 is DPO; e must be < 0.5 (the correction divides by 1 - 2e). Unlike cdpo this loss is
+    not bounded below for e > 0 (it rewards pushing h ever further), so keep e small.
+    """
+    _check_beta(beta)
+    if not 0.0 <= label_smoothing < 0.5:
+        raise LossConfigError(f"label_smoothing for robust must be in [0, 0.5), got {label_smoothing}")
+    z = beta * _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    e = label_smoothing
+    return (-(1.0 - e) * F.logsigmoid(z) + e * F.logsigmoid(-z)) / (1.0 - 2.0 * e)
+
+
+def hinge_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float) -> torch.Tensor:
+    """SLiC hinge (Zhao et al. 2023), with the reference as in TRL's `hinge`: relu(1 - beta h). Summed log-probs."""
+    _check_beta(beta)
+    h = _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    return torch.relu(1.0 - beta * h)
+
+
+def ipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float) -> torch.Tensor:
+    """IPO (Azar et al. 2023): (h - 1/(2 beta))^2.
+
+    The caller passes per-token AVERAGED log-probs (policy and reference alike), as IPO's authors do: with sums the
+    target margin 1/(2 beta) would scale with the response length. beta must be > 0.
+    """
+    if beta <= 0:
+        raise LossConfigError(f"beta must be > 0 for ipo (the target margin is 1/(2 beta)), got {beta}")
+    h = _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    return (h - 1.0 / (2.0 * beta)) ** 2
+
+
+def simpo_loss(policy_chosen_avg, policy_rejected_avg, beta: float, gamma: float) -> torch.Tensor:
+    """SimPO (Meng et al. 2024): -logsigmoid(beta (avg_w - avg_l) - gamma). Per-token AVERAGED policy log-probs,
+    no reference model; gamma is the target reward margin."""
+    _check_beta(beta)
+    return -F.logsigmoid(beta * (policy_chosen_avg - policy_rejected_avg) - gamma)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, accurate at both ends (Maechler 2012): log(-expm1(x)) near 0, log1p(-exp(x))
+    far from 0."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def _log_odds(logp: torch.Tensor) -> torch.Tensor:
+    """log(p / (1 - p)) from log p. log p is clamped just below 0 so that p == 1 gives a large finite value
+    instead of inf/NaN."""
+    eps = 1e-6 if logp.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-12
+    logp = logp.clamp(max=-eps)
+    return logp - _log1mexp(logp)
+
+
+def orpo_loss(policy_chosen_avg, policy_rejected_avg, lam: float) -> torch.Tensor:
+    """ORPO (Hong et al. 2024): NLL(chosen) - lam * logsigmoid(log_odds_w - log_odds_l).
+
+    Per-token AVERAGED policy log-probs, no reference model. NLL(chosen) = -policy_chosen_avg (the SFT term);
+    log_odds(p) = log p - log(1 - p), computed stably from log p. TRL's `beta` for ORPO is this `lam`.
+    """
+    if lam < 0:
+        raise LossConfigError(f"orpo_lambda must be >= 0, got {lam}")
+    ratio = _log_odds(policy_chosen_avg) - _log_odds(policy_rejected_avg)
+    return -policy_chosen_avg - lam * F.logsigmoid(ratio)
+
+
+def kto_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, kl_estimate, beta: float,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
+    """KTO (Ethayarajh et al. 2024) on pairs: each pair gives one desirable (chosen) and one undesirable (rejected)
+    example. Summed log-probs; r = policy - ref; z = kl_estimate.detach().clamp(min=0), a scalar the caller
+    estimates from mismatched prompt/response pairs (no gradient flows through it):
+
+        desirable:   w_D * (1 - sigmoid(beta (r_w - z)))
+        undesirable: w_U * (1 - sigmoid(beta (z - r_l)))
+
+    Returns (desirable + undesirable) / 2 per pair, so the mean over the B pairs equals the mean over the 2B
+    examples (as TRL averages the concatenated desirable and undesirable losses when they are balanced).
+    """
+    _check_beta(beta)
+    z = torch.as_tensor(kl_estimate, dtype=policy_chosen.dtype, device=policy_chosen.device).detach().clamp(min=0)
+    r_w = policy_chosen - ref_chosen
+    r_l = policy_rejected - ref_rejected
+    desirable = desirable_weight * (1.0 - torch.sigmoid(beta * (r_w - z)))
+    undesirable = undesirable_weight * (1.0 - torch.sigmoid(beta * (z - r_l)))
+    return (desirable + undesirable) / 2.0
+
+
+def reward_model_loss(r_chosen, r_rejected, center_coef: float = 0.0) -> torch.Tensor:
+    """Bradley-Terry reward-model loss per pair: -logsigmoid(r_w - r_l) + c (r_w + r_l)^2.
+
+    The optional term (c = 0.01 is the usual value, TRL's `center_rewards_coefficient`) keeps the rewards centred
+    at zero; it is the pair's share of c * mean((r_w + r_l)^2).
+    """
+    loss = -F.logsigmoid(r_chosen - r_rejected)
+    if center_coef:
+        loss = loss + center_coef * (r_chosen + r_rejected) ** 2
+    return loss
+
+
+# --- dispatcher ------------------------------------------------------------------------------------------------
+
+@dataclass
+class PairLogps:
+    """Log-probs of a batch of preference pairs. policy_* and ref_* are SUMMED over response tokens, shape (B,);
+    ref_* are None for reference-free losses. *_tokens are the response token counts, (B,) float.
+    kl_estimate is a scalar tensor, needed by kto only."""
+
+    policy_chosen: torch.Tensor
+    policy_rejected: torch.Tensor
+    ref_chosen: torch.Tensor | None
+    ref_rejected: torch.Tensor | None
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+    kl_estimate: torch.Tensor | None = None
+
+    @property
+    def has_reference(self) -> bool:
+        return self.ref_chosen is not None and self.ref_rejected is not None
+
+    def averaged(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(policy_chosen, policy_rejected, ref_chosen, ref_rejected) divided by the response token counts."""
+        wt, lt = self.chosen_tokens.clamp(min=1), self.rejected_tokens.clamp(min=1)
+        rc = self.ref_chosen / wt if self.ref_chosen is not None else None
+        rr = self.ref_rejected / lt if self.ref_rejected is not None else None
+        return self.policy_chosen / wt, self.policy_rejected / lt, rc, rr
+
+
+REFERENCE_FREE = {"simpo", "orpo"}
+NEEDS_KL_ESTIMATE = {"kto"}
+OPTION_DEFAULTS = {
+    "label_smoothing": 0.1,          # cdpo, robust
+    "simpo_gamma": 0.5,              # simpo
+    "orpo_lambda": 0.1,              # orpo
+    "kto_desirable_weight": 1.0,     # kto
+    "kto_undesirable_weight": 1.0,   # kto
+}
+
+
+def _summed(p: PairLogps):
+    return p.policy_chosen, p.policy_rejected, p.ref_chosen, p.ref_rejected
+
+
+LOSSES: dict[str, Callable[[PairLogps, float, dict], torch.Tensor]] = {
+    "sigmoid": lambda p, beta, o: sigmoid_loss(*_summed(p), beta),
+    "cdpo": lambda p, beta, o: cdpo_loss(*_summed(p), beta, o["label_smoothing"]),
+    "robust": lambda p, beta, o: robust_loss(*_summed(p), beta, o["label_smoothing"]),
+    "hinge": lambda p, beta, o: hinge_loss(*_summed(p), beta),
+    "ipo": lambda p, beta, o: ipo_loss(*p.averaged(), beta),
+    "simpo": lambda p, beta, o: simpo_loss(*p.averaged()[:2], beta, o["simpo_gamma"]),
+    "orpo": lambda p, beta, o: orpo_loss(*p.averaged()[:2], o["orpo_lambda"]),
+    "kto": lambda p, beta, o: kto_loss(*_summed(p), p.kl_estimate, beta,
+                                       o["kto_desirable_weight"], o["kto_undesirable_weight"]),
+}
+
+
+def preference_loss(name: str, logps: PairLogps, beta: float, options: dict | None = None) -> torch.Tensor:
+    """Per-pair losses (B,) of the loss `name` (a key of LOSSES). Passes averaged log-probs to ipo (policy and
+    reference), simpo and orpo; summed log-probs to the others. `options` may set the keys of OPTION_DEFAULTS;
+    orpo ignores beta (its weight is orpo_lambda)."""
+    if name not in LOSSES:
+        raise LossConfigError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
+    unknown = set(options or {}) - set(OPTION_DEFAULTS)
+    if unknown:
+        raise LossConfigError(f"unknown loss option(s) {sorted(unknown)}; valid: {', '.join(OPTION_DEFAULTS)}")
+    opts = {**OPTION_DEFAULTS, **(options or {})}
+    if name not in REFERENCE_FREE and not logps.has_reference:
+        raise LossConfigError(f"loss {name!r} needs reference log-probs (reference-free: {sorted(REFERENCE_FREE)})")
+    if name in NEEDS_KL_ESTIMATE and logps.kl_estimate is None:
+        raise LossConfigError(f"loss {name!r} needs logps.kl_estimate (from mismatched prompt/response pairs)")
+    return LOSSES[name](logps, beta, opts)
+
+
+@torch.no_grad()
+def pair_diagnostics(logps: PairLogps, beta: float) -> dict[str, float]:
+    """Batch means under the seed's names (kl_chosen, kl_rejected, implicit_r_w, implicit_r_l, margin,
+    pair_accuracy) and TRL's (rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies,
+    logps/chosen, logps/rejected). pair_accuracy counts margin > 0 strictly.
+
+    With a reference: implicit reward = beta (policy - ref), summed log-probs. Without one (simpo, orpo) the
+    rewards are beta * the length-averaged policy log-probs, as those losses (and TRL's CPO/ORPO trainers) use,
+    and kl_* are omitted.
+    """
+    if logps.has_reference:
+        d_w = logps.policy_chosen - logps.ref_chosen
+        d_l = logps.policy_rejected - logps.ref_rejected
+    else:
+        d_w, d_l = logps.averaged()[:2]
+    r_w, r_l = beta * d_w, beta * d_l
+    out = {}
+    if logps.has_reference:
+        out["kl_chosen"] = d_w.mean().item()
+        out["kl_rejected"] = d_l.mean().item()
+    out["implicit_r_w"] = r_w.mean().item()
+    out["implicit_r_l"] = r_l.mean().item()
+    out["margin"] = (r_w - r_l).mean().item()
+    # The seed's definition, beta * h > 0 strictly: at beta = 0 (or policy == reference) accuracy is 0, not 0.5.
+    out["pair_accuracy"] = ((r_w - r_l) > 0).float().mean().item()
+    out["rewards/chosen"] = out["implicit_r_w"]
+    out["rewards/rejected"] = out["implicit_r_l"]
+    out["rewards/margins"] = out["margin"]
+    out["rewards/accuracies"] = out["pair_accuracy"]
+    out["logps/chosen"] = logps.policy_chosen.mean().item()
+    out["logps/rejected"] = logps.policy_rejected.mean().item()
+    return out

@@ -1,0 +1,295 @@
+"""Preference losses against values computed by hand from the formulas (plain `math`, not the implementation)."""
+
+import math
+
+import pytest
+import torch
+
+from preftune import losses as L
+from preftune.losses import PairLogps
+
+# REFERENCES.md worked values.
+PC = [-1.5, -2.0, -1.8, -2.2]
+PR = [-2.5, -2.8, -2.0, -3.0]
+RC = [-1.8, -2.1, -1.9, -2.3]
+RR = [-2.3, -2.5, -2.1, -2.8]
+BETA = 0.1
+
+
+def t(xs, grad=False):
+    return torch.tensor(xs, dtype=torch.float64, requires_grad=grad)
+
+
+def logsig(x):
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def sig(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def hs(pc=PC, pr=PR, rc=RC, rr=RR):
+    return [(a - c) - (b - d) for a, b, c, d in zip(pc, pr, rc, rr)]
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def worked():
+    return t(PC), t(PR), t(RC), t(RR)
+
+
+# --- each loss against the formula ---------------------------------------------------------------------------
+
+def test_sigmoid_worked_values():
+    assert L.sigmoid_loss(*worked(), BETA).mean().item() == pytest.approx(0.67830, abs=5e-6)
+    pc, pr, ref = t([-1.0, -1.5]), t([-3.0, -3.5]), t([-2.0, -2.0])
+    assert L.sigmoid_loss(pc, pr, ref, ref, BETA).mean().item() == pytest.approx(0.59814, abs=5e-6)
+    assert L.sigmoid_loss(pr, pc, ref, ref, BETA).mean().item() == pytest.approx(0.79814, abs=5e-6)
+
+
+def test_sigmoid_per_example_shape_and_values():
+    out = L.sigmoid_loss(*worked(), BETA)
+    assert out.shape == (4,)
+    expected = [-logsig(BETA * h) for h in hs()]
+    assert out.tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_cdpo():
+    e = 0.1
+    expected = mean([-(1 - e) * logsig(BETA * h) - e * logsig(-BETA * h) for h in hs()])
+    assert L.cdpo_loss(*worked(), BETA, e).mean().item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_robust():
+    e = 0.2
+    expected = mean([(-(1 - e) * logsig(BETA * h) + e * logsig(-BETA * h)) / (1 - 2 * e) for h in hs()])
+    assert L.robust_loss(*worked(), BETA, e).mean().item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_robust_and_cdpo_with_zero_smoothing_equal_sigmoid():
+    dpo = L.sigmoid_loss(*worked(), BETA)
+    assert torch.equal(L.robust_loss(*worked(), BETA, 0.0), dpo)
+    assert torch.allclose(L.cdpo_loss(*worked(), BETA, 0.0), dpo, atol=0, rtol=1e-15)
+
+
+def test_robust_rejects_half_or_more():
+    with pytest.raises(ValueError):
+        L.robust_loss(*worked(), BETA, 0.5)
+    with pytest.raises(ValueError):
+        L.robust_loss(*worked(), BETA, 0.7)
+
+
+def test_hinge():
+    # beta 10 so that some pairs are past the hinge (beta h >= 1) and give 0
+    beta = 10.0
+    expected = [max(0.0, 1 - beta * h) for h in hs()]
+    assert L.hinge_loss(*worked(), beta).tolist() == pytest.approx(expected, abs=1e-12)
+    assert 0.0 in L.hinge_loss(*worked(), beta).tolist()
+
+
+def test_ipo():
+    expected = [(h - 1 / (2 * BETA)) ** 2 for h in hs()]
+    assert L.ipo_loss(*worked(), BETA).tolist() == pytest.approx(expected, abs=1e-12)
+    # hand value of the first pair: h = 0.3 - (-0.2) = 0.5 -> (0.5 - 5)^2 = 20.25
+    assert L.ipo_loss(*worked(), BETA)[0].item() == pytest.approx(20.25, abs=1e-12)
+
+
+def test_simpo():
+    gamma = 0.5
+    beta = 2.0
+    expected = [-logsig(beta * (w - l) - gamma) for w, l in zip(PC, PR)]
+    assert L.simpo_loss(t(PC), t(PR), beta, gamma).tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_orpo():
+    lam = 0.1
+
+    def log_odds(lp):
+        return lp - math.log(1 - math.exp(lp))
+
+    expected = [-w - lam * logsig(log_odds(w) - log_odds(l)) for w, l in zip(PC, PR)]
+    assert L.orpo_loss(t(PC), t(PR), lam).tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_orpo_is_finite_at_logp_zero_and_near_zero():
+    for dtype in (torch.float32, torch.float64):
+        w = torch.tensor([0.0, -1e-12, -1e-3, -50.0], dtype=dtype, requires_grad=True)
+        lo = torch.tensor([-1.0, 0.0, -2.0, -60.0], dtype=dtype, requires_grad=True)
+        out = L.orpo_loss(w, lo, 0.1)
+        assert torch.isfinite(out).all()
+        out.sum().backward()
+        assert torch.isfinite(w.grad).all() and torch.isfinite(lo.grad).all()
+
+
+def test_kto():
+    z = 0.05
+    wd, wu = 1.5, 0.7
+    expected = []
+    for a, b, c, d in zip(PC, PR, RC, RR):
+        r_w, r_l = a - c, b - d
+        expected.append((wd * (1 - sig(BETA * (r_w - z))) + wu * (1 - sig(BETA * (z - r_l)))) / 2)
+    out = L.kto_loss(*worked(), torch.tensor(z, dtype=torch.float64), BETA, wd, wu)
+    assert out.tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_kto_clamps_negative_kl_estimate_and_detaches_it():
+    z = torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)
+    neg = L.kto_loss(*worked(), z, BETA)
+    zero = L.kto_loss(*worked(), torch.tensor(0.0), BETA)
+    assert torch.allclose(neg, zero)
+    z2 = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    pc = t(PC, grad=True)
+    L.kto_loss(pc, t(PR), t(RC), t(RR), z2, BETA).sum().backward()
+    assert pc.grad is not None and z2.grad is None
+
+
+# --- gradients ---------------------------------------------------------------------------------------------
+
+def _grad_case(name):
+    """Loss of `name` at a generic point, as a function of the policy log-probs (leaf tensors)."""
+    pc, pr = t([-1.2, -2.3, -0.7], grad=True), t([-1.9, -2.1, -1.4], grad=True)
+    rc, rr = t([-1.0, -2.5, -0.9]), t([-1.6, -2.4, -1.1])
+    fns = {
+        "sigmoid": lambda: L.sigmoid_loss(pc, pr, rc, rr, BETA),
+        "cdpo": lambda: L.cdpo_loss(pc, pr, rc, rr, BETA, 0.1),
+        "robust": lambda: L.robust_loss(pc, pr, rc, rr, BETA, 0.1),
+        "hinge": lambda: L.hinge_loss(pc, pr, rc, rr, BETA),
+        "ipo": lambda: L.ipo_loss(pc, pr, rc, rr, BETA),
+        "simpo": lambda: L.simpo_loss(pc, pr, BETA, 0.5),   # averaged log-probs
+        "orpo": lambda: L.orpo_loss(pc, pr, 0.1),           # averaged log-probs
+        "kto": lambda: L.kto_loss(pc, pr, rc, rr, torch.tensor(0.1), BETA),
+    }
+    return fns[name], pc, pr
+
+
+@pytest.mark.parametrize("name", sorted(L.LOSSES))
+def test_gradient_direction(name):
+    fn, pc, pr = _grad_case(name)
+    fn().mean().backward()
+    assert (pc.grad < 0).all(), pc.grad
+    assert (pr.grad > 0).all(), pr.grad
+
+
+def test_beta_zero_gives_log2_and_zero_gradient():
+    pc, pr = t(PC, grad=True), t(PR, grad=True)
+    out = L.sigmoid_loss(pc, pr, t(RC), t(RR), 0.0)
+    assert out.tolist() == [math.log(2)] * 4
+    out.mean().backward()
+    assert torch.equal(pc.grad, torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(pr.grad, torch.zeros(4, dtype=torch.float64))
+
+
+def test_policy_as_its_own_reference_gives_constant_log2():
+    pc, pr = t(PC), t(PR)
+    assert L.sigmoid_loss(pc, pr, pc, pr, 5.0).tolist() == [math.log(2)] * 4
+
+
+# --- reward model -------------------------------------------------------------------------------------------
+
+def test_reward_model_loss():
+    rw, rl = [1.0, -0.5, 2.0], [0.2, 0.5, 2.5]
+    expected = [-logsig(a - b) for a, b in zip(rw, rl)]
+    assert L.reward_model_loss(t(rw), t(rl)).tolist() == pytest.approx(expected, abs=1e-12)
+    # hand value: -logsig(0.8) = log(1 + e^-0.8) = 0.371100...
+    assert L.reward_model_loss(t(rw), t(rl))[0].item() == pytest.approx(0.3711007, abs=1e-6)
+    c = 0.01
+    expected_c = [-logsig(a - b) + c * (a + b) ** 2 for a, b in zip(rw, rl)]
+    assert L.reward_model_loss(t(rw), t(rl), c).tolist() == pytest.approx(expected_c, abs=1e-12)
+    # third pair: -logsig(-0.5) + 0.01 * 4.5^2 = 0.974077 + 0.2025
+    assert L.reward_model_loss(t(rw), t(rl), c)[2].item() == pytest.approx(0.9740770 + 0.2025, abs=1e-6)
+
+
+# --- dispatcher ---------------------------------------------------------------------------------------------
+
+TOK_W, TOK_L = [2.0, 4.0, 3.0, 1.0], [5.0, 2.0, 4.0, 2.0]
+
+
+def pair_logps(ref=True, kl=None):
+    return PairLogps(t(PC), t(PR), t(RC) if ref else None, t(RR) if ref else None, t(TOK_W), t(TOK_L),
+                     None if kl is None else torch.tensor(kl))
+
+
+def test_dispatcher_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="sigmoid") as err:
+        L.preference_loss("dpo_typo", pair_logps(), BETA, {})
+    for name in L.LOSSES:
+        assert name in str(err.value)
+
+
+def test_dispatcher_unknown_option_raises():
+    with pytest.raises(ValueError, match="label_smoothing"):
+        L.preference_loss("cdpo", pair_logps(), BETA, {"label_smothing": 0.2})
+
+
+def test_dispatcher_summed_losses_match_direct_calls():
+    p = pair_logps()
+    assert torch.equal(L.preference_loss("sigmoid", p, BETA, {}), L.sigmoid_loss(*worked(), BETA))
+    assert torch.equal(L.preference_loss("cdpo", p, BETA, {}), L.cdpo_loss(*worked(), BETA, 0.1))
+    assert torch.equal(L.preference_loss("robust", p, BETA, {"label_smoothing": 0.2}),
+                       L.robust_loss(*worked(), BETA, 0.2))
+    assert torch.equal(L.preference_loss("hinge", p, BETA, None), L.hinge_loss(*worked(), BETA))
+
+
+def test_dispatcher_ipo_averages_policy_and_reference():
+    avg = [[x / n for x, n in zip(xs, toks)] for xs, toks in ((PC, TOK_W), (PR, TOK_L), (RC, TOK_W), (RR, TOK_L))]
+    expected = [(((a - c) - (b - d)) - 1 / (2 * BETA)) ** 2 for a, b, c, d in zip(*avg)]
+    assert L.preference_loss("ipo", pair_logps(), BETA, {}).tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_dispatcher_reference_free_losses_use_averages():
+    aw = [x / n for x, n in zip(PC, TOK_W)]
+    al = [x / n for x, n in zip(PR, TOK_L)]
+    gamma, lam = 0.3, 0.25
+    expected_simpo = [-logsig(BETA * (w - l) - gamma) for w, l in zip(aw, al)]
+    got = L.preference_loss("simpo", pair_logps(ref=False), BETA, {"simpo_gamma": gamma})
+    assert got.tolist() == pytest.approx(expected_simpo, abs=1e-12)
+
+    def log_odds(lp):
+        return lp - math.log(1 - math.exp(lp))
+
+    expected_orpo = [-w - lam * logsig(log_odds(w) - log_odds(l)) for w, l in zip(aw, al)]
+    got = L.preference_loss("orpo", pair_logps(ref=False), BETA, {"orpo_lambda": lam})
+    assert got.tolist() == pytest.approx(expected_orpo, abs=1e-12)
+    assert L.REFERENCE_FREE == {"simpo", "orpo"}
+
+
+def test_dispatcher_kto_needs_kl_estimate_and_reference():
+    assert L.NEEDS_KL_ESTIMATE == {"kto"}
+    with pytest.raises(ValueError, match="kl_estimate"):
+        L.preference_loss("kto", pair_logps(), BETA, {})
+    with pytest.raises(ValueError, match="reference"):
+        L.preference_loss("sigmoid", pair_logps(ref=False), BETA, {})
+    got = L.preference_loss("kto", pair_logps(kl=0.05), BETA,
+                            {"kto_desirable_weight": 1.5, "kto_undesirable_weight": 0.7})
+    assert torch.allclose(got, L.kto_loss(*worked(), torch.tensor(0.05), BETA, 1.5, 0.7))
+
+
+# --- diagnostics --------------------------------------------------------------------------------------------
+
+def test_pair_diagnostics_with_reference():
+    d = L.pair_diagnostics(pair_logps(), BETA)
+    assert d["kl_chosen"] == pytest.approx(mean([a - c for a, c in zip(PC, RC)]))  # 0.15
+    assert d["kl_chosen"] == pytest.approx(0.15)
+    assert d["kl_rejected"] == pytest.approx(mean([b - e for b, e in zip(PR, RR)]))  # -0.15
+    assert d["kl_rejected"] == pytest.approx(-0.15)
+    assert d["implicit_r_w"] == pytest.approx(0.015)
+    assert d["implicit_r_l"] == pytest.approx(-0.015)
+    assert d["margin"] == pytest.approx(BETA * mean(hs()))  # h = 0.5, 0.4, 0.0 (+- rounding), 0.3
+    assert d["margin"] == pytest.approx(0.03)
+    assert d["pair_accuracy"] == mean([1.0 if BETA * h > 0 else 0.0 for h in hs()])
+    assert d["rewards/margins"] == d["margin"] and d["rewards/accuracies"] == d["pair_accuracy"]
+
+
+def test_pair_diagnostics_accuracy_is_strict_and_reference_free_omits_kl():
+    pc = t([-1.0, -2.0])
+    p = PairLogps(pc, pc.clone(), pc.clone(), pc.clone(), t([1.0, 1.0]), t([1.0, 1.0]))
+    assert L.pair_diagnostics(p, BETA)["pair_accuracy"] == 0.0       # h == 0 is no win
+    assert L.pair_diagnostics(pair_logps(), 0.0)["pair_accuracy"] == 0.0
+    d = L.pair_diagnostics(pair_logps(ref=False), BETA)
+    assert "kl_chosen" not in d and "kl_rejected" not in d
+    aw = [x / n for x, n in zip(PC, TOK_W)]
+    al = [x / n for x, n in zip(PR, TOK_L)]
+    assert d["pair_accuracy"] == mean([1.0 if w > l else 0.0 for w, l in zip(aw, al)])
+    assert d["margin"] == pytest.approx(BETA * mean([w - l for w, l in zip(aw, al)]))
