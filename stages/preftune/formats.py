@@ -1,0 +1,322 @@
+"""Load preference datasets into rows {"prompt": str, "chosen": str, "rejected": str}, or fail with one line.
+
+Files (YAML, JSONL, JSON, CSV, Parquet) and Hub splits all go through normalize_rows(), so both are
+checked by the same rules and come out in the same shape, in source order. Rows follow TRL's
+preference-dataset conventions:
+
+    explicit prompt   {"prompt": str, "chosen": str, "rejected": str}
+    implicit prompt   {"chosen": str, "rejected": str}: the prompt is their shared beginning (see below)
+    conversational    either of the above with lists of {"role": ..., "content": ...} messages instead of
+                      strings; implicit means chosen and rejected are whole conversations whose shared
+                      leading messages are the prompt
+
+Implicit text prompt: the longest common prefix of chosen and rejected, cut back to the start of its last
+run of whitespace (spaces, tabs or newlines). So no word is split between prompt and response, the prompt
+never ends in whitespace, and each response starts with the whitespace that separated it from the prompt,
+as TRL does. "Q: hi\\nA: Yes." / "Q: hi\\nA: No." gives prompt "Q: hi\\nA:", responses " Yes." / " No.".
+
+Conversations are rendered with render_messages(messages, add_generation_prompt) -> str when given (a
+wrapper around the tokenizer's chat template), else with render_plain(). A response is whatever the full
+conversation adds to the generation prompt: render(prompt + response, False) minus render(prompt, True).
+So prompt + response is exactly the text the model sees, whatever the template puts between turns.
+
+Errors are DataError with one line: "<source>: row <n>: field '<field>': <what is wrong>; <what to do>",
+rows numbered from 1 in file order (CSV: data rows, header excluded; JSONL: blank lines not counted).
+Problems with the whole file read "<source>: [line <k>: ]<what is wrong>; <what to do>".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import yaml
+
+from .errors import DataError
+
+RenderMessages = Callable[[list, bool], str]
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+HUB_INSTALL_HINT = "pip install '.[hub]'"
+
+
+def load_pairs(path: str | os.PathLike, fmt: str | None = None,
+               render_messages: RenderMessages | None = None) -> list[dict]:
+    """Read a preference dataset file and return validated rows [{"prompt", "chosen", "rejected"}, ...] in file order.
+
+    fmt is yaml/yml, jsonl, json, csv or parquet; by default it is the file's extension. YAML and JSON files
+    hold a top-level list of rows, JSONL one row object per line, CSV and Parquet one row per record.
+    Columns other than prompt, chosen and rejected are ignored. See the module docstring for the row
+    layouts, the implicit-prompt rule and the error format.
+    """
+    path = str(path)
+    fmt = (fmt if fmt is not None else Path(path).suffix.lstrip(".")).lower()
+    reader = _READERS.get(fmt)
+    if reader is None:
+        shown = repr(fmt) if fmt else "(no file extension)"
+        raise DataError(f"{path}: unknown format {shown}; supported: {', '.join(_READERS)} "
+                        "(rename the file or pass the format explicitly)")
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found; check the path (relative paths start at {os.getcwd()})")
+    return normalize_rows(reader(path), path, render_messages)
+
+
+def load_hub_pairs(name: str, split: str, render_messages: RenderMessages | None = None) -> list[dict]:
+    """Load a Hugging Face Hub dataset split and return rows validated exactly like load_pairs()."""
+    try:
+        import datasets  # An optional extra: only Hub users need it, and it is slow to import.
+    except ImportError:
+        raise DataError(f"{name}: loading a Hub dataset needs the 'datasets' package, which is not installed; "
+                        f"run {HUB_INSTALL_HINT}") from None
+    source = f"{name}[{split}]"
+    try:
+        rows = datasets.load_dataset(name, split=split)
+    except Exception as err:  # The Hub client raises many unrelated types (network, auth, unknown split).
+        raise DataError(f"{source}: could not load it from the Hub ({_one_line(err)}); "
+                        "check the dataset name, the split and the network") from err
+    return normalize_rows(rows, source, render_messages)
+
+
+def normalize_rows(rows: Iterable, source: str, render_messages: RenderMessages | None = None) -> list[dict]:
+    """Validate raw rows (mappings in any supported layout) and return them as plain-text prompt/chosen/rejected.
+
+    source names the file or dataset in error messages.
+    """
+    render = render_messages or render_plain
+    pairs = []
+    first_seen = {}  # pair -> its row number, so a duplicate can point at the row it repeats
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, Mapping):
+            raise DataError(f"{source}: row {n}: expected a mapping with 'chosen' and 'rejected' fields, "
+                            f"got {_describe(row)}; write each row as {{prompt: ..., chosen: ..., rejected: ...}}")
+        try:
+            pair = _normalize_row(row, render)
+        except _BadField as bad:
+            raise DataError(f"{source}: row {n}: field '{bad.field}': {bad.problem}; {bad.fix}") from None
+        key = (pair["prompt"], pair["chosen"], pair["rejected"])
+        if key in first_seen:
+            raise DataError(f"{source}: row {n}: field 'prompt': duplicate of row {first_seen[key]} (same prompt, "
+                            "chosen and rejected); drop one of the two rows")
+        first_seen[key] = n
+        pairs.append(pair)
+    if not pairs:
+        raise DataError(f"{source}: no rows; add at least one row with 'chosen' and 'rejected' (and usually 'prompt')")
+    return pairs
+
+
+def render_plain(messages: list, add_generation_prompt: bool) -> str:
+    """The fallback chat template: each message as "<role>: <content>\\n", then "assistant:" if asked.
+
+    Since every message ends its own line, the generation prompt is a prefix of the full conversation and a
+    response renders as " <content>\\n": "user: hi\\nassistant:" + " hello\\n" == "user: hi\\nassistant: hello\\n".
+    """
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+    return (text + "assistant:") if add_generation_prompt else text
+
+
+class _BadField(Exception):
+    """A problem in one field of a row; normalize_rows adds the source and the row number."""
+
+    def __init__(self, field: str, problem: str, fix: str):
+        super().__init__(field, problem, fix)
+        self.field, self.problem, self.fix = field, problem, fix
+
+
+def _normalize_row(row: Mapping, render: RenderMessages) -> dict:
+    for field in ("chosen", "rejected"):
+        if field not in row:
+            raise _BadField(field, "missing", "every row needs 'chosen' and 'rejected' (and usually 'prompt')")
+    values = {field: row[field] for field in PAIR_FIELDS if field in row}
+    conversational = any(isinstance(value, list) for value in values.values())
+    for field, value in values.items():
+        if conversational:
+            _check_messages(field, value)
+        else:
+            _check_text(field, value)
+    if values["chosen"] == values["rejected"]:
+        raise _BadField("rejected", "identical to 'chosen'", "a pair needs two different responses; fix or drop the row")
+
+    if conversational:
+        return _render_conversation(values, render)
+    if "prompt" in values:
+        return values
+    return _split_shared_text(values["chosen"], values["rejected"])
+
+
+def _check_text(field: str, value) -> None:
+    if value is None:
+        raise _BadField(field, "empty (null)", "fill it in or drop the row")
+    if not isinstance(value, str):
+        raise _BadField(field, f"expected text, got {_describe(value)}", "quote the value so it is read as a string")
+    if not value.strip():
+        raise _BadField(field, "empty or whitespace only", "fill it in or drop the row")
+
+
+def _check_messages(field: str, value) -> None:
+    if not isinstance(value, list):
+        raise _BadField(field, f"expected a list of messages like the other fields, got {_describe(value)}",
+                        "make prompt, chosen and rejected all text or all lists of {role, content} messages")
+    if not value:
+        raise _BadField(field, "empty list of messages", "add at least one {role, content} message or drop the row")
+    for i, message in enumerate(value, 1):
+        ok = (isinstance(message, Mapping) and isinstance(message.get("role"), str)
+              and isinstance(message.get("content"), str) and message["content"].strip())
+        if not ok:
+            raise _BadField(field, f"message {i} needs a text 'role' and a non-empty text 'content', "
+                                   f"got {_describe(message)}", "fix the message or drop the row")
+
+
+def _split_shared_text(chosen: str, rejected: str) -> dict:
+    shared = os.path.commonprefix([chosen, rejected])
+    last_gap = re.search(r"\s+\S*\Z", shared)  # the last whitespace run, plus the partial word after it
+    cut = last_gap.start() if last_gap else 0
+    if cut == 0:
+        raise _BadField("prompt", "missing, and 'chosen' and 'rejected' have no shared prompt prefix",
+                        "add a prompt column")
+    pair = {"prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
+    for field in ("chosen", "rejected"):
+        if not pair[field].strip():
+            raise _BadField(field, f"nothing but whitespace after the shared prompt {_shorten(pair['prompt'])}",
+                            "add a prompt column or a real response")
+    return pair
+
+
+def _render_conversation(values: dict, render: RenderMessages) -> dict:
+    if "prompt" in values:
+        prompt, chosen, rejected = values["prompt"], values["chosen"], values["rejected"]
+    else:
+        prompt, chosen, rejected = _split_shared_messages(values["chosen"], values["rejected"])
+    prompt_text = render(prompt, True)
+    return {
+        "prompt": prompt_text,
+        "chosen": _render_response("chosen", prompt, prompt_text, chosen, render),
+        "rejected": _render_response("rejected", prompt, prompt_text, rejected, render),
+    }
+
+
+def _split_shared_messages(chosen: list, rejected: list) -> tuple[list, list, list]:
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        raise _BadField("prompt", "missing, and 'chosen' and 'rejected' have no shared prompt prefix "
+                                  "(their first messages differ)", "add a prompt column")
+    for field, messages in (("chosen", chosen), ("rejected", rejected)):
+        if len(messages) == shared:
+            raise _BadField(field, "no messages after the ones it shares with the other response",
+                            "add the response message or a prompt column")
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def _render_response(field: str, prompt: list, prompt_text: str, response: list, render: RenderMessages) -> str:
+    full = render(prompt + response, False)
+    # Slicing needs the generation prompt to be a prefix of the conversation; a template that rewrites
+    # earlier turns (e.g. drops reasoning) would otherwise silently train on text it never shows the model.
+    if not full.startswith(prompt_text):
+        raise _BadField(field, "the chat template renders prompt + response with a different beginning than "
+                               "the prompt alone", "use a chat template whose generation prompt is a prefix "
+                                                   "of the rendered conversation")
+    return full[len(prompt_text):]
+
+
+# Readers return the file's raw rows; all row checks happen in normalize_rows.
+
+def _read_text(path: str) -> str:
+    try:
+        # utf-8-sig: files saved by Excel and some Windows editors start with a byte-order mark.
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}); re-save the file as UTF-8") from None
+
+
+def _read_yaml(path: str) -> list:
+    try:
+        data = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or err
+        raise DataError(f"{path}: {line}not valid YAML ({_one_line(problem)}); fix the syntax there") from None
+    return _top_level_list(path, [] if data is None else data)
+
+
+def _read_json(path: str) -> list:
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
+                        "fix the syntax there") from None
+    return _top_level_list(path, data)
+
+
+def _read_jsonl(path: str) -> list:
+    rows = []
+    # split("\n"), not splitlines(): JSON strings may legally contain U+2028 and other line separators.
+    for line_no, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue  # a trailing or stray blank line is harmless
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {line_no}: not valid JSON ({err.msg}, column {err.colno}); "
+                            "each line must be one complete JSON object") from None
+    return rows
+
+
+def _read_csv(path: str) -> list:
+    # restval="": a short line leaves its last cells empty, which is then reported as an empty field.
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), restval="")
+    try:
+        return list(reader)
+    except csv.Error as err:
+        raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({err}); fix the quoting there") from None
+
+
+def _read_parquet(path: str) -> list:
+    import pyarrow  # Imported here: it is slow to import and only Parquet needs it.
+    import pyarrow.parquet
+
+    try:
+        # to_pylist, not pandas: nested message lists stay Python lists instead of numpy object arrays.
+        return pyarrow.parquet.read_table(path).to_pylist()
+    except (pyarrow.ArrowException, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({_one_line(err)}); "
+                        "re-export it, e.g. with pandas DataFrame.to_parquet") from None
+
+
+def _top_level_list(path: str, data) -> list:
+    if isinstance(data, list):
+        return data
+    found = (f"a mapping with keys {', '.join(map(repr, list(data)[:5]))}" if isinstance(data, Mapping)
+             else _describe(data))
+    raise DataError(f"{path}: top level is {found}, expected a list of rows; "
+                    "make the file a list of {prompt, chosen, rejected} entries")
+
+
+_READERS = {
+    "yaml": _read_yaml,
+    "yml": _read_yaml,
+    "jsonl": _read_jsonl,
+    "json": _read_json,
+    "csv": _read_csv,
+    "parquet": _read_parquet,
+}
+
+
+def _describe(value) -> str:
+    return "null" if value is None else f"{type(value).__name__} {_shorten(value)}"
+
+
+def _shorten(value, limit: int = 40) -> str:
+    text = repr(value)  # repr keeps it on one line: newlines show as \n
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(value) -> str:
+    return " ".join(str(value).split())

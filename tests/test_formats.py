@@ -1,0 +1,258 @@
+"""preftune.formats: every file format gives the same rows; every bad input gives one actionable line."""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from preftune.errors import DataError, UserError
+from preftune.formats import load_hub_pairs, load_pairs, normalize_rows, render_plain
+
+FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
+
+# What tests/fixtures/datasets/pairs.* hold (their extra "id" column must be dropped).
+PAIRS = [
+    {
+        "prompt": "Fix the grammar: she go to school every day.",
+        "chosen": "She goes to school every day.",
+        "rejected": "She go to school every day.",
+    },
+    {
+        "prompt": 'Fix the grammar: "Me and him is friends," he said.',
+        "chosen": '"He and I are friends," he said.',
+        "rejected": '"Me and him are friends," he said.',
+    },
+    {
+        "prompt": "Fix the grammar in each line:\n1. They was late to the café.\n2. It do work.",
+        "chosen": "1. They were late to the café.\n2. It does work.",
+        "rejected": "1. They was late to the café.\n2. It does work.",
+    },
+]
+
+
+# --- formats -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["pairs.yaml", "pairs.jsonl", "pairs.json", "pairs.csv"])
+def test_text_formats_give_the_same_rows(name):
+    assert load_pairs(FIXTURES / name) == PAIRS
+
+
+def test_parquet_gives_the_same_rows(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    pd.DataFrame([{"id": f"g{i}", **row} for i, row in enumerate(PAIRS, 1)]).to_parquet(path)
+    assert load_pairs(path) == PAIRS
+
+
+def test_yml_extension_and_explicit_format(tmp_path):
+    yml = tmp_path / "pairs.yml"
+    yml.write_text((FIXTURES / "pairs.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    txt = tmp_path / "pairs.txt"
+    txt.write_text((FIXTURES / "pairs.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    assert load_pairs(yml) == PAIRS
+    assert load_pairs(txt, fmt="jsonl") == PAIRS
+    assert load_pairs(str(FIXTURES / "pairs.json"), fmt="JSON") == PAIRS
+
+
+def test_csv_with_byte_order_mark(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffprompt,chosen,rejected\nFix: he go.,He goes.,He go.\n".encode("utf-8"))
+    assert load_pairs(path) == [{"prompt": "Fix: he go.", "chosen": "He goes.", "rejected": "He go."}]
+
+
+# --- implicit prompt ---------------------------------------------------------------------------------
+
+def test_implicit_prompt_is_the_shared_prefix_cut_at_whitespace():
+    assert load_pairs(FIXTURES / "implicit.jsonl") == [
+        # The shared prefix ends inside "go|es": the cut goes back to the space before it.
+        {"prompt": "Fix the grammar: she go home.\nAnswer: She", "chosen": " goes home.", "rejected": " go home."},
+        # The shared prefix ends with a newline: it moves to the responses.
+        {"prompt": 'Is "they was" correct?', "chosen": '\nNo, it should be "they were".', "rejected": "\nYes."},
+    ]
+
+
+def test_implicit_prompt_rows_rejoin_to_the_original_text():
+    rows = [{"chosen": "Q: fix it\nA: It is fixed.", "rejected": "Q: fix it\nA: It are fixed."}]
+    [pair] = normalize_rows(rows, "mem")
+    assert pair["prompt"] + pair["chosen"] == rows[0]["chosen"]
+    assert pair["prompt"] + pair["rejected"] == rows[0]["rejected"]
+
+
+# --- conversational ----------------------------------------------------------------------------------
+
+def test_conversational_with_the_plain_template():
+    rows = load_pairs(FIXTURES / "conversational.jsonl")
+    assert rows == [
+        {
+            "prompt": "system: You fix grammar.\nuser: she go home\nassistant:",
+            "chosen": " She goes home.\n",
+            "rejected": " She go home.\n",
+        },
+        {"prompt": "user: they was late\nassistant:", "chosen": " They were late.\n", "rejected": " They was late.\n"},
+    ]
+
+
+def test_plain_template_prompt_plus_response_is_the_whole_conversation():
+    prompt = [{"role": "user", "content": "she go home"}]
+    answer = [{"role": "assistant", "content": "She goes home."}]
+    [pair] = normalize_rows([{"prompt": prompt, "chosen": answer, "rejected": [{"role": "assistant", "content": "No."}]}], "mem")
+    assert pair["prompt"] + pair["chosen"] == render_plain(prompt + answer, False)
+    assert pair["chosen"] == " She goes home.\n"
+
+
+def chatml(messages, add_generation_prompt):
+    """A stand-in for a tokenizer's chat template: an assistant turn starts with the generation prompt's tag."""
+    text = "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages)
+    return text + ("<|assistant|>" if add_generation_prompt else "")
+
+
+def test_conversational_with_a_custom_template():
+    rows = load_pairs(FIXTURES / "conversational.jsonl", render_messages=chatml)
+    assert rows == [
+        {
+            "prompt": "<|system|>You fix grammar.<|end|><|user|>she go home<|end|><|assistant|>",
+            "chosen": "She goes home.<|end|>",
+            "rejected": "She go home.<|end|>",
+        },
+        {"prompt": "<|user|>they was late<|end|><|assistant|>", "chosen": "They were late.<|end|>",
+         "rejected": "They was late.<|end|>"},
+    ]
+
+
+def test_template_whose_generation_prompt_is_not_a_prefix():
+    def adds_a_newline(messages, add_generation_prompt):
+        return chatml(messages, add_generation_prompt) + ("\n" if add_generation_prompt else "")
+
+    with pytest.raises(DataError, match=r"conversational\.jsonl: row 1: field 'chosen': the chat template"):
+        load_pairs(FIXTURES / "conversational.jsonl", render_messages=adds_a_newline)
+
+
+def test_conversational_parquet(tmp_path):
+    path = tmp_path / "chat.parquet"
+    pd.DataFrame([{
+        "prompt": [{"role": "user", "content": "she go home"}],
+        "chosen": [{"role": "assistant", "content": "She goes home."}],
+        "rejected": [{"role": "assistant", "content": "She go home."}],
+    }]).to_parquet(path)
+    assert load_pairs(path) == [{"prompt": "user: she go home\nassistant:", "chosen": " She goes home.\n",
+                                 "rejected": " She go home.\n"}]
+
+
+# --- bad rows: "<file>: row <n>: field '<field>': <what>; <fix>" -------------------------------------
+
+BAD_ROWS = [
+    ("missing.yaml", "- {prompt: p1, chosen: a, rejected: b}\n- {prompt: p2, chosen: a}\n",
+     2, "rejected", "missing"),
+    ("empty.jsonl", '{"prompt": "p", "chosen": "", "rejected": "b"}\n', 1, "chosen", "empty"),
+    ("blank.csv", "prompt,chosen,rejected\np1,a,b\n   ,a,b\n", 2, "prompt", "whitespace"),
+    ("short_line.csv", "prompt,chosen,rejected\np1,a\n", 1, "rejected", "empty"),
+    ("number.yaml", "- {prompt: p, chosen: 42, rejected: b}\n", 1, "chosen", "got int 42"),
+    ("null.json", '[{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": null}]',
+     2, "rejected", "null"),
+    ("identical.jsonl", '{"prompt": "p", "chosen": "same", "rejected": "same"}\n', 1, "rejected", "identical to 'chosen'"),
+    ("dupe.csv", "prompt,chosen,rejected\np1,a,b\np2,a,b\np1,a,b\n", 3, "prompt", "duplicate of row 1"),
+    ("no_prefix.jsonl", '{"chosen": "Yes, it is.", "rejected": "No."}\n', 1, "prompt", "add a prompt column"),
+    ("one_word.jsonl", '{"chosen": "Goes", "rejected": "Go"}\n', 1, "prompt", "no shared prompt prefix"),
+    ("nothing_left.jsonl", '{"chosen": "Q: hi\\n", "rejected": "Q: hi\\nHello"}\n', 1, "chosen", "after the shared prompt"),
+    ("bad_message.jsonl",
+     '{"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant"}], '
+     '"rejected": [{"role": "assistant", "content": "no"}]}\n', 1, "chosen", "message 1"),
+    ("mixed.jsonl",
+     '{"prompt": "hi", "chosen": [{"role": "assistant", "content": "yes"}], "rejected": "no"}\n',
+     1, "prompt", "list of messages"),
+    ("no_shared_turns.jsonl",
+     '{"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], '
+     '"rejected": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}\n',
+     1, "prompt", "no shared prompt prefix"),
+]
+
+
+@pytest.mark.parametrize("name, text, row, field, problem", BAD_ROWS, ids=[case[0] for case in BAD_ROWS])
+def test_bad_rows_name_file_row_and_field(tmp_path, name, text, row, field, problem):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        load_pairs(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: row {row}: field '{field}': ")
+    assert problem in message
+    assert "; " in message and "\n" not in message
+
+
+def test_row_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "strings.yaml"
+    path.write_text("- {prompt: p, chosen: a, rejected: b}\n- just a string\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"strings\.yaml: row 2: expected a mapping"):
+        load_pairs(path)
+
+
+def test_bad_parquet_row(tmp_path):
+    path = tmp_path / "nulls.parquet"
+    pd.DataFrame({"prompt": ["p1", "p2"], "chosen": ["a", None], "rejected": ["b", "c"]}).to_parquet(path)
+    with pytest.raises(DataError, match=r"nulls\.parquet: row 2: field 'chosen': empty \(null\)"):
+        load_pairs(path)
+
+
+# --- bad files ---------------------------------------------------------------------------------------
+
+BAD_FILES = [
+    ("broken.yaml", "- prompt: [unclosed\n  chosen: a\n", "line 2: not valid YAML"),
+    ("broken.json", '[\n  {"prompt": "p", "chosen": "a" "rejected": "b"}\n]', "line 2: not valid JSON"),
+    ("broken.jsonl", '{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p",\n', "line 2: not valid JSON"),
+    ("wrapped.json", '{"data": [{"prompt": "p", "chosen": "a", "rejected": "b"}]}', "top level is a mapping with keys 'data'"),
+    ("scalar.yaml", "just text\n", "top level is str"),
+    ("empty.yaml", "", "no rows"),
+    ("empty_list.json", "[]", "no rows"),
+    ("blank_lines.jsonl", "\n\n", "no rows"),
+    ("header_only.csv", "prompt,chosen,rejected\n", "no rows"),
+    ("not_parquet.parquet", "prompt,chosen,rejected\n", "not a readable Parquet file"),
+]
+
+
+@pytest.mark.parametrize("name, text, problem", BAD_FILES, ids=[case[0] for case in BAD_FILES])
+def test_bad_files_name_the_file(tmp_path, name, text, problem):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        load_pairs(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert problem in message
+    assert "; " in message and "\n" not in message
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("prompt,chosen,rejected\ncaf\xe9,a,b\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.csv: not UTF-8"):
+        load_pairs(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"nowhere\.yaml: file not found; check the path"):
+        load_pairs(tmp_path / "nowhere.yaml")
+
+
+@pytest.mark.parametrize("name, fmt, shown", [("pairs.txt", None, "'txt'"), ("pairs", None, "(no file extension)"),
+                                               ("pairs.yaml", "xml", "'xml'")])
+def test_unknown_format_lists_the_supported_ones(tmp_path, name, fmt, shown):
+    path = tmp_path / name
+    path.write_text("[]", encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        load_pairs(path, fmt=fmt)
+    assert str(caught.value) == (f"{path}: unknown format {shown}; supported: yaml, yml, jsonl, json, csv, parquet "
+                                 "(rename the file or pass the format explicitly)")
+
+
+# --- hub ---------------------------------------------------------------------------------------------
+
+def test_hub_without_datasets_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail even where it is installed
+    with pytest.raises(DataError, match=r"trl-lib/ultrafeedback: .*pip install '\.\[hub\]'"):
+        load_hub_pairs("trl-lib/ultrafeedback", "train")
+
+
+def test_rows_from_memory_use_the_source_name():
+    assert normalize_rows(iter(PAIRS), "mem") == PAIRS
+    with pytest.raises(UserError, match=r"^org/set\[train\]: row 1: field 'chosen': missing"):
+        normalize_rows([{"prompt": "p", "rejected": "b"}], "org/set[train]")
