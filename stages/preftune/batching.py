@@ -1,0 +1,111 @@
+"""From text to padded tensors: prompt/response tokenization with a checked boundary, collation with
+masks built from lengths (never from pad ids), and length-grouped batch orders."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """Token ids of prompt + response + EOS; the first `prompt_len` ids are the prompt."""
+
+    ids: tuple[int, ...]
+    prompt_len: int
+
+    @property
+    def response_len(self) -> int:
+        return len(self.ids) - self.prompt_len
+
+
+class Encoder:
+    """Tokenizes (prompt, response) so that the prompt's ids are a prefix of the sequence.
+
+    Tokenizing prompt + response as one string can merge tokens across the boundary, and then no
+    prompt length is right. We tokenize the whole text and keep it when the prompt's own ids are a
+    prefix of it (the usual case, exactly what generation will see); otherwise we concatenate the
+    two tokenizations and count the row in `boundary_merges`. Too-long sequences lose prompt tokens
+    from the left first (the end of the prompt matters most), then response tokens from the right;
+    they are counted in `truncated`.
+    """
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.eos = tokenizer.eos_token_id
+        self.boundary_merges = 0
+        self.truncated = 0
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def __call__(self, prompt: str, response: str) -> Sequence:
+        prompt_ids = self.prompt_ids(prompt)
+        full = self.tokenizer(prompt + response, add_special_tokens=False)["input_ids"]
+        if full[: len(prompt_ids)] == prompt_ids:
+            response_ids = full[len(prompt_ids):]
+        else:
+            self.boundary_merges += 1
+            response_ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        response_ids = response_ids + [self.eos]
+        overflow = len(prompt_ids) + len(response_ids) - self.max_length
+        if overflow > 0:
+            self.truncated += 1
+            cut = min(overflow, max(len(prompt_ids) - 1, 0))
+            prompt_ids = prompt_ids[cut:]
+            response_ids = response_ids[: self.max_length - len(prompt_ids)]
+        return Sequence(tuple(prompt_ids + response_ids), len(prompt_ids))
+
+    def stats(self) -> dict:
+        return {"boundary_merges": self.boundary_merges, "truncated": self.truncated}
+
+
+def collate(sequences: list[Sequence], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence in the batch (not to a fixed length).
+
+    `response_mask[b, t]` is 1 where token t is a response token (EOS included): it selects the
+    log-prob of predicting token t, so the mask is built from prompt and total lengths only.
+    """
+    width = max(len(s.ids) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    response_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for b, seq in enumerate(sequences):
+        n = len(seq.ids)
+        input_ids[b, :n] = torch.tensor(seq.ids)
+        attention_mask[b, :n] = 1
+        response_mask[b, seq.prompt_len:n] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad prompts for batched generation: every row's next token is at the same position."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, ids in enumerate(prompts):
+        input_ids[b, width - len(ids):] = torch.tensor(ids)
+        attention_mask[b, width - len(ids):] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def batch_order(lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True) -> list[list[int]]:
+    """Shuffled batches of indices; with grouping, each batch holds sequences of similar length.
+
+    Grouping sorts a shuffled window of 50 batches by length and cuts it into batches, then shuffles
+    the batches: padding shrinks while batch composition still changes from epoch to epoch.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:
+        window = batch_size * 50
+        order = [i for start in range(0, len(order), window)
+                 for i in sorted(order[start:start + window], key=lambda i: lengths[i])]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)
+    return batches

@@ -1,0 +1,42 @@
+"""Batched generation with left padding, and the gold accuracy of a model's greedy answers."""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from .batching import left_pad
+from .task import is_correct
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 64,
+                     sample: bool = False, seed: int = 0, desc: str = "generate") -> list[str]:
+    """One answer per prompt: greedy by default, or sampled at temperature 1 (seeded per batch)."""
+    model.eval()
+    device = next(model.parameters()).device
+    answers = []
+    # Sorting by length keeps left padding short; answers are put back in prompt order at the end.
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    by_index = {}
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in left_pad([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
+        if sample:
+            torch.manual_seed(seed + start)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sample, temperature=1.0 if sample else None,
+                             top_k=0 if sample else None, top_p=1.0 if sample else None,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        for i, row in zip(idx, new_tokens):
+            by_index[i] = tokenizer.decode(row, skip_special_tokens=True)
+    answers = [by_index[i] for i in range(len(prompts))]
+    return answers
+
+
+def gold_accuracy(records: list[dict], answers: list[str]) -> float | None:
+    """Share of answers the gold checker accepts; None when the data has no gold checker."""
+    if not records:
+        return None
+    return sum(is_correct(r, a) for r, a in zip(records, answers)) / len(records)

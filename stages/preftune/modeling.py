@@ -1,0 +1,156 @@
+"""Models and tokenizers: build the scratch GPT-2, load any Hugging Face causal LM, attach LoRA, save.
+
+Every stage loads what an earlier stage saved with `from_pretrained`, exactly as it would load a
+hub model, so the pipeline does not care whether models/sft came from scratch or from a hub id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import warnings
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+EOS, PAD = "<|endoftext|>", "<|pad|>"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    # Deterministic kernels: same inputs, same machine -> same bytes in models/ and metrics/.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on `texts`, wrapped for transformers.
+
+    EOS doubles as BOS (GPT-2's convention); PAD is a separate token so that a reward model can
+    find the last real token and an EOS is never mistaken for padding.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=EOS, eos_token=EOS, pad_token=PAD,
+                                   unk_token=None, padding_side="right", clean_up_tokenization_spaces=False)
+
+
+def new_gpt2(tokenizer, n_layer: int, n_embd: int, n_head: int, n_positions: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+        # Small data, few epochs: dropout only adds noise, and DPO wants policy == reference at step 0.
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ConfigError(
+            f"params.yaml: model.base: cannot load tokenizer '{path}' ({str(err).splitlines()[0]}); "
+            "give a local model directory, or a hub id with the network on (HF_HUB_OFFLINE=0)") from None
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_causal_lm(path: str, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                    dtype=torch.float32)
+    except OSError as err:
+        raise ConfigError(
+            f"params.yaml: model.base: cannot load model '{path}' ({str(err).splitlines()[0]}); "
+            "give a local model directory, or a hub id with the network on (HF_HUB_OFFLINE=0)") from None
+
+
+def ensure_pad_token(tokenizer, model) -> None:
+    """Give models that lack one a pad token distinct from EOS (see train_tokenizer)."""
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def chat_renderer(model_cfg: dict):
+    """`render(messages, add_generation_prompt)` with the base model's chat template, or None."""
+    tokenizer = load_tokenizer(model_cfg["base"], model_cfg.get("trust_remote_code", False))
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def render(messages, add_generation_prompt):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    return render
+
+
+def disable_dropout(model) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def attach_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str]):
+    """Wrap `model` with a trainable LoRA adapter; the frozen base stays the reference."""
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    matched = [m for name, m in model.named_modules() if name.split(".")[-1] in target_modules]
+    if not matched:
+        raise ConfigError(
+            f"params.yaml: dpo.lora.target_modules: {target_modules} match no module of this model; "
+            f"pick from its linear layers, e.g. {sorted(_linear_module_names(model))[:8]}")
+    # GPT-2 stores its projections as Conv1D (weights transposed): LoRA must know, or its update is wrong.
+    fan_in_fan_out = all(isinstance(m, Conv1D) for m in matched)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        fan_in_fan_out=fan_in_fan_out, bias="none", task_type="CAUSAL_LM")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(model, config)
+
+
+def _linear_module_names(model) -> set[str]:
+    from transformers.pytorch_utils import Conv1D
+
+    return {name.split(".")[-1] for name, m in model.named_modules()
+            if isinstance(m, (torch.nn.Linear, Conv1D)) and name}
+
+
+def count_parameters(model) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

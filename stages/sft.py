@@ -1,0 +1,59 @@
+"""sft: the reference policy. `model.base: scratch` trains a byte-level BPE tokenizer and a small GPT-2
+from nothing; any other value is a hub id or local directory loaded with AutoModelForCausalLM.
+Saves models/sft (save_pretrained, safetensors) and logs metrics/sft (DVCLive)."""
+
+import logging
+
+from preftune import data, modeling
+from preftune.errors import exit_on_user_error
+from preftune.generation import generate_answers, gold_accuracy
+from preftune.params import load_params, section, stage_args
+from preftune.supervised import train_sft
+from preftune.training import live_logger, log_metrics
+
+OUT = "models/sft"
+log = logging.getLogger("sft")
+
+
+def main() -> None:
+    args = stage_args(__doc__)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    params = load_params(args.params)
+    seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "sft")
+    modeling.seed_everything(seed)
+    device = modeling.resolve_device(model_cfg["device"])
+
+    demos = data.read_jsonl("data/prepared/sft.jsonl")
+    heldout = data.read_jsonl("data/prepared/heldout.jsonl")
+    gold = data.read_jsonl("data/prepared/gold.jsonl")
+    if model_cfg["base"] == "scratch":
+        texts = [d["prompt"] + d["response"] for d in demos]
+        tokenizer = modeling.train_tokenizer(texts, model_cfg["vocab_size"])
+        model = modeling.new_gpt2(tokenizer, model_cfg["n_layer"], model_cfg["n_embd"], model_cfg["n_head"],
+                                  model_cfg["max_length"])
+    else:
+        tokenizer = modeling.load_tokenizer(model_cfg["base"], model_cfg["trust_remote_code"])
+        model = modeling.load_causal_lm(model_cfg["base"], model_cfg["trust_remote_code"])
+        modeling.ensure_pad_token(tokenizer, model)
+    model.to(device)
+    trainable, total = modeling.count_parameters(model)
+    log.info("%s: %.2fM parameters, vocabulary %d, device %s", model_cfg["base"], total / 1e6, len(tokenizer), device)
+
+    live = live_logger("metrics/sft")
+    metrics = train_sft(model, tokenizer, demos, heldout, cfg, model_cfg["max_length"], seed, device, live) \
+        if cfg["epochs"] > 0 else {}
+    answers = generate_answers(model, tokenizer, [g["prompt"] for g in gold], cfg["eval_max_new_tokens"],
+                               desc="gold answers")
+    metrics["gold_accuracy"] = gold_accuracy(gold, answers)
+    metrics["parameters"] = total
+    log.info("gold accuracy of greedy answers: %s", metrics["gold_accuracy"])
+    log_metrics(live, {k: v for k, v in metrics.items() if k in ("gold_accuracy", "parameters")})
+    live.end()
+
+    model.save_pretrained(OUT)
+    tokenizer.save_pretrained(OUT)
+
+
+if __name__ == "__main__":
+    with exit_on_user_error("sft"):
+        main()
