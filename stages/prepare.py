@@ -6,6 +6,7 @@ before the first file is written, so a bad input leaves no partial outputs.
 """
 
 import logging
+import os
 
 from preftune import data, formats, task
 from preftune.errors import ConfigError, exit_on_user_error
@@ -16,6 +17,15 @@ log = logging.getLogger("prepare")
 
 
 def built_in_task(seed: int, cfg: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    for key, allowed in (("tutor_noise", task.CATEGORIES), ("rejected_kinds", ("habit",) + task.ANSWER_KINDS)):
+        for name, value in cfg[key].items():
+            if name not in allowed:
+                raise ConfigError(f"params.yaml: data.{key}: unknown key '{name}'; use one of {', '.join(allowed)}")
+            if not isinstance(value, (int, float)) or not 0 <= value <= (1 if key == "tutor_noise" else float("inf")):
+                raise ConfigError(f"params.yaml: data.{key}.{name}: {value!r} must be a number "
+                                  + ("in [0, 1]" if key == "tutor_noise" else ">= 0"))
+    if not any(cfg["rejected_kinds"].values()):
+        raise ConfigError("params.yaml: data.rejected_kinds: every weight is 0; give at least one kind a weight")
     generated = task.generate(seed, cfg["pairs"], cfg["sft_demos"], cfg["gold_prompts"],
                               cfg["tutor_noise"], cfg["rejected_kinds"])
     return generated["pairs"], generated["sft"], generated["gold"]
@@ -23,6 +33,9 @@ def built_in_task(seed: int, cfg: dict) -> tuple[list[dict], list[dict], list[di
 
 def user_pairs(cfg: dict, model_cfg: dict) -> list[dict]:
     source = cfg["source"]
+    if not source.startswith("hf:") and not os.path.exists(source) and not os.path.splitext(source)[1]:
+        raise ConfigError(f"params.yaml: data.source: '{source}' is neither the built-in 'grammar' nor an existing "
+                          "file; use 'grammar', a path to a .yaml/.jsonl/.json/.csv/.parquet file, or hf:<dataset>")
     render = None
     if model_cfg.get("base") != "scratch":  # conversational rows use the base model's chat template
         from preftune.modeling import chat_renderer

@@ -47,6 +47,10 @@ class Slot:
     errors: tuple[str, ...]  # what a learner writes here
     bad_fix: str  # what a careless tutor "corrects" it to
 
+    def __post_init__(self):
+        if not self.errors or self.correct in self.errors or self.bad_fix == self.correct:
+            raise ValueError(f"slot {self} has an 'error' equal to its correct form")
+
 
 # ---------------------------------------------------------------- vocabulary
 # verb: (base, 3rd person singular, past, past participle, -ing)
@@ -121,7 +125,7 @@ REGULARISED_PAST = {
     "throw": "throwed", "build": "builded", "catch": "catched", "choose": "choosed",
     "forget": "forgetted", "steal": "stealed", "hide": "hided", "break": "breaked",
     "make": "maked", "ride": "rided", "wear": "weared", "lose": "losed", "keep": "keeped",
-    "hold": "holded", "give": "gived", "send": "sended", "show": "showed", "lend": "lended",
+    "hold": "holded", "give": "gived", "send": "sended", "show": "shew", "lend": "lended",
     "teach": "teached", "tell": "telled", "go": "goed", "run": "runned", "swim": "swimmed",
     "sing": "singed", "sleep": "sleeped", "fly": "flied", "sit": "sitted", "fall": "falled",
     "come": "comed", "read": "readed", "drink": "drinked", "meet": "meeted", "feed": "feeded",
@@ -285,8 +289,8 @@ def article_slot(word: str) -> Slot:
 def noun_phrase(rng: random.Random, kinds: list[str], allow_plural: bool = True) -> list:
     """A singular noun with its article slot (maybe an adjective first), or a number and a plural."""
     noun = rng.choice(NOUNS[rng.choice(kinds)])
-    if allow_plural and rng.random() < 0.4:
-        right, regularised = plural_of(noun)
+    right, regularised = plural_of(noun)
+    if allow_plural and right != noun and rng.random() < 0.4:  # "two sheep" has nothing to correct
         number = rng.choice(NUMBERS)
         return [number, Slot("plural", right, (noun,), regularised)]
     if rng.random() < 0.35:
@@ -317,6 +321,7 @@ def present_slot(verb: str, third_singular: bool) -> Slot:
 def past_slot(verb: str) -> Slot:
     base, s_form, past, participle, _ = VERBS[verb]
     errors = (REGULARISED_PAST[verb], base) if verb in REGULARISED_PAST else (base,)
+    errors = tuple(e for e in errors if e != past)  # "read" is its own past: only "readed" is an error
     # A careless fix reaches for the participle ("she gone"), or the present when they coincide.
     bad = participle if participle != past else s_form
     return Slot("past_tense", past, errors, bad)

@@ -1,0 +1,68 @@
+"""dpo: preference-tune the SFT model (a LoRA adapter by default) against the precomputed reference
+log-probs. Saves models/dpo (adapter or full model + manifest.json) and logs metrics/dpo (DVCLive)."""
+
+import logging
+
+from safetensors.torch import load_file
+
+from preftune import data, modeling
+from preftune.batching import Encoder
+from preftune.errors import exit_on_user_error
+from preftune.params import load_params, section, stage_args
+from preftune.preference import PairBatcher, encode_pairs, train_preferences
+from preftune.training import live_logger
+
+SFT, REFERENCE, OUT = "models/sft", "data/reference/logps.safetensors", "models/dpo"
+log = logging.getLogger("dpo")
+
+
+def main() -> None:
+    args = stage_args(__doc__)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    logging.captureWarnings(True)
+    params = load_params(args.params)
+    seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "dpo")
+    modeling.seed_everything(seed)
+    device = modeling.resolve_device(model_cfg["device"])
+
+    tokenizer = modeling.load_tokenizer(SFT)
+    policy = modeling.load_causal_lm(SFT)
+    modeling.disable_dropout(policy)  # dropout would make the policy differ from the reference at step 0
+    lora = cfg["lora"]
+    if lora:
+        policy = modeling.attach_lora(policy, lora["r"], lora["alpha"], lora["dropout"], lora["target_modules"])
+    policy.to(device)
+    trainable, total = modeling.count_parameters(policy)
+    log.info("policy: %d of %d parameters trainable (%s)", trainable, total, "LoRA" if lora else "full fine-tuning")
+
+    encode = Encoder(tokenizer, model_cfg["max_length"])
+    reference = load_file(REFERENCE)
+    batchers, sizes = {}, {}
+    for split in ("train", "heldout"):
+        rows = data.read_jsonl(f"data/prepared/{split}.jsonl")
+        ref = {kind: reference[f"{split}/{kind}"] for kind in ("chosen", "rejected", "mismatched")}
+        if len(ref["chosen"]) != len(rows):
+            raise RuntimeError(f"{REFERENCE} has {len(ref['chosen'])} {split} pairs, data has {len(rows)}: rerun `dvc repro`")
+        batchers[split], sizes[split] = PairBatcher(encode_pairs(encode, rows), ref, tokenizer.pad_token_id, device), len(rows)
+
+    epoch_live, step_live = live_logger("metrics/dpo"), live_logger("metrics/dpo_steps")
+    history = train_preferences(policy, batchers["train"], batchers["heldout"], sizes["train"], sizes["heldout"],
+                                cfg, seed, epoch_live, step_live)
+    epoch_live.end()
+    step_live.end()
+
+    policy.save_pretrained(OUT)
+    if not lora:
+        tokenizer.save_pretrained(OUT)
+    final = history[-1]
+    data.write_json(f"{OUT}/manifest.json", {
+        "seed": seed, "beta": cfg["beta"], "lr": cfg["lr"], "epochs": cfg["epochs"], "loss": cfg["loss"],
+        "batch_size": cfg["batch_size"], "reference": cfg["reference"], "lora": lora,
+        "final_train_loss": round(final["train_loss"], 6),
+        "final_train_pair_accuracy": round(final["train_pair_accuracy"], 6),
+    })
+
+
+if __name__ == "__main__":
+    with exit_on_user_error("dpo"):
+        main()
