@@ -534,10 +534,11 @@ def generate(seed: int, n_pairs: int, n_sft: int, n_gold: int, tutor_noise: dict
     unknown = set(tutor_noise) - set(CATEGORIES)
     if unknown:
         raise ValueError(f"unknown categories in tutor_noise: {sorted(unknown)}")
-    rng = random.Random(seed)
+    # One random stream per set: the SFT and gold sets do not change when only pair settings do.
+    streams = {name: random.Random(f"{seed}/{name}") for name in ("pairs", "sft", "gold")}
     seen: set[str] = set()
 
-    def fresh_items(n: int) -> list[Item]:
+    def fresh_items(n: int, rng: random.Random) -> list[Item]:
         items = []
         for category in _category_cycle(n, rng):
             while True:
@@ -551,8 +552,18 @@ def generate(seed: int, n_pairs: int, n_sft: int, n_gold: int, tutor_noise: dict
     def record(item: Item) -> dict:
         return {"prompt": item.prompt, "category": item.category, "correct": item.correct}
 
+    # Gold and SFT sentences are drawn first, so the pair settings cannot change them through `seen`.
+    gold = [record(item) for item in fresh_items(n_gold, streams["gold"])]
+    rng = streams["sft"]
+    sft = []
+    for item in fresh_items(n_sft, rng):
+        mistaken = rng.random() < tutor_noise.get(item.category, 0.0)
+        kind = HABITS[item.category] if mistaken else "correct"
+        sft.append({**record(item), "response": answer(item, kind, rng), "tutor_kind": kind})
+
+    rng = streams["pairs"]
     pairs = []
-    for item in fresh_items(n_pairs):
+    for item in fresh_items(n_pairs, rng):
         kind = _weighted_choice(rng, rejected_kinds)
         kind = HABITS[item.category] if kind == "habit" else kind
         rejected = answer(item, kind, rng)
@@ -560,12 +571,4 @@ def generate(seed: int, n_pairs: int, n_sft: int, n_gold: int, tutor_noise: dict
             raise AssertionError(f"rejected equals chosen for {item.prompt!r}")
         pairs.append({**record(item), "chosen": answer(item, "correct", rng), "rejected": rejected,
                       "rejected_kind": kind})
-
-    sft = []
-    for item in fresh_items(n_sft):
-        mistaken = rng.random() < tutor_noise.get(item.category, 0.0)
-        kind = HABITS[item.category] if mistaken else "correct"
-        sft.append({**record(item), "response": answer(item, kind, rng), "tutor_kind": kind})
-
-    gold = [record(item) for item in fresh_items(n_gold)]
     return {"pairs": pairs, "sft": sft, "gold": gold}

@@ -1,0 +1,136 @@
+"""evaluate: DPO vs SFT. Greedy answers on the held-out prompts judged by the reward model (the seed's
+win rate), greedy answers on the gold prompts judged by the gold checker, a sequence-level KL estimate,
+a samples table and PNG plots. Writes metrics/eval.json, metrics/samples.csv and metrics/plots/."""
+
+import csv
+import logging
+import statistics
+
+import torch
+
+from preftune import data, judge, modeling, plots
+from preftune.batching import Encoder
+from preftune.errors import exit_on_user_error
+from preftune.generation import generate_answers
+from preftune.logprobs import sequence_logprobs
+from preftune.params import load_params, section, stage_args
+from preftune.reward_model import load_reward_model, score_texts
+from preftune.task import is_correct
+from preftune.training import to_device
+from preftune.batching import collate
+
+SFT, DPO, REWARD = "models/sft", "models/dpo", "models/reward"
+log = logging.getLogger("evaluate")
+
+
+class Policies:
+    """The SFT and DPO policies. A LoRA adapter is switched off to get the SFT model back, so one copy
+    of the base weights serves both; a fully fine-tuned DPO model is loaded on its own."""
+
+    def __init__(self, device):
+        self.sft = modeling.load_causal_lm(SFT).to(device)
+        try:
+            from peft import PeftModel
+            self.dpo = PeftModel.from_pretrained(self.sft, DPO).to(device)
+            self.lora = True
+        except ValueError:
+            self.dpo, self.lora = modeling.load_causal_lm(DPO).to(device), False
+
+    def answers(self, which: str, tokenizer, prompts, **kw) -> list[str]:
+        if which == "dpo":
+            return generate_answers(self.dpo, tokenizer, prompts, desc=f"{which} answers", **kw)
+        if self.lora:
+            with self.dpo.disable_adapter():
+                return generate_answers(self.dpo, tokenizer, prompts, desc=f"{which} answers", **kw)
+        return generate_answers(self.sft, tokenizer, prompts, desc=f"{which} answers", **kw)
+
+    @torch.no_grad()
+    def kl_estimate(self, tokenizer, prompts, samples: int, max_new_tokens: int, max_length: int, seed: int, device) -> float:
+        """Monte Carlo KL(dpo || sft) per sequence: E_{y ~ dpo}[log pi_dpo(y|x) - log pi_sft(y|x)]."""
+        repeated = [p for p in prompts for _ in range(samples)]
+        answers = self.answers("dpo", tokenizer, repeated, max_new_tokens=max_new_tokens, sample=True, seed=seed)
+        encode = Encoder(tokenizer, max_length)
+        sequences = [encode(p, a) for p, a in zip(repeated, answers)]
+        diffs = []
+        for start in range(0, len(sequences), 64):
+            batch = to_device(collate(sequences[start:start + 64], tokenizer.pad_token_id), device)
+            dpo_lp, _ = sequence_logprobs(self.dpo.eval(), batch)
+            if self.lora:
+                with self.dpo.disable_adapter():
+                    sft_lp, _ = sequence_logprobs(self.dpo, batch)
+            else:
+                sft_lp, _ = sequence_logprobs(self.sft.eval(), batch)
+            diffs += (dpo_lp - sft_lp).tolist()
+        return statistics.fmean(diffs)
+
+
+def main() -> None:
+    args = stage_args(__doc__)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    params = load_params(args.params)
+    seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "evaluate")
+    modeling.seed_everything(seed)
+    device = modeling.resolve_device(model_cfg["device"])
+    tokenizer = modeling.load_tokenizer(SFT)
+    policies = Policies(device)
+    reward_model = load_reward_model(REWARD).to(device)
+    encode = Encoder(tokenizer, model_cfg["max_length"])
+    gen = {"max_new_tokens": cfg["max_new_tokens"], "batch_size": cfg["batch_size"]}
+
+    # The seed's headline: held-out prompts, greedy answers, the reward model as judge.
+    heldout = data.read_jsonl("data/prepared/heldout.jsonl")
+    prompts = [r["prompt"] for r in heldout]
+    answers = {m: policies.answers(m, tokenizer, prompts, **gen) for m in ("sft", "dpo")}
+    rewards = {m: score_texts(reward_model, encode, prompts, answers[m], device) for m in ("sft", "dpo")}
+    identical = [a == b for a, b in zip(answers["dpo"], answers["sft"])]
+    metrics = judge.win_rate_summary(rewards["dpo"], rewards["sft"], identical=identical)
+    metrics.update({
+        "reward_mean_sft": statistics.fmean(rewards["sft"]), "reward_mean_dpo": statistics.fmean(rewards["dpo"]),
+        "answer_words_sft": statistics.fmean(len(a.split()) for a in answers["sft"]),
+        "answer_words_dpo": statistics.fmean(len(a.split()) for a in answers["dpo"]),
+        "identical_share": sum(identical) / len(identical),
+        "kl_dpo_sft": policies.kl_estimate(tokenizer, prompts, cfg["kl_samples"], cfg["max_new_tokens"],
+                                           model_cfg["max_length"], seed, device),
+    })
+
+    # The honest measure: fresh prompts, the gold checker.
+    gold = data.read_jsonl("data/prepared/gold.jsonl")
+    if gold:
+        gold_prompts = [r["prompt"] for r in gold]
+        gold_answers = {m: policies.answers(m, tokenizer, gold_prompts, **gen) for m in ("sft", "dpo")}
+        correct = {m: [is_correct(r, a) for r, a in zip(gold, gold_answers[m])] for m in ("sft", "dpo")}
+        gold_rewards = {m: score_texts(reward_model, encode, gold_prompts, gold_answers[m], device) for m in ("sft", "dpo")}
+        paired = judge.paired_difference(correct["dpo"], correct["sft"])
+        prefers = [None if d == s else d > s for d, s in zip(gold_rewards["dpo"], gold_rewards["sft"])]
+        agreement = judge.judge_agreement(prefers, correct["dpo"], correct["sft"])
+        metrics.update({
+            "gold_n": paired["n"], "gold_accuracy_sft": paired["accuracy_b"], "gold_accuracy_dpo": paired["accuracy_a"],
+            "gold_accuracy_diff": paired["difference"], "gold_accuracy_diff_ci95": paired["difference_ci95"],
+            "gold_win_rate": paired["gold_win_rate"], "gold_loss_rate": paired["gold_loss_rate"],
+            "judge_gold_agreement": agreement["agreement"], "judge_gold_decisive": agreement["n_decisive"],
+        })
+    metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
+    data.write_json("metrics/eval.json", metrics)
+
+    rows = []
+    for i, record in enumerate(heldout):
+        verdict = {m: (is_correct(record, answers[m][i]) if "correct" in record else "") for m in ("sft", "dpo")}
+        winner = "tie" if identical[i] or rewards["dpo"][i] == rewards["sft"][i] else \
+            ("dpo" if rewards["dpo"][i] > rewards["sft"][i] else "sft")
+        rows.append({"prompt": record["prompt"], "sft_answer": answers["sft"][i], "dpo_answer": answers["dpo"][i],
+                     "sft_reward": round(rewards["sft"][i], 4), "dpo_reward": round(rewards["dpo"][i], 4),
+                     "sft_gold_correct": verdict["sft"], "dpo_gold_correct": verdict["dpo"], "winner": winner})
+    with open("metrics/samples.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    plots.render_all(metrics, rewards, "metrics/plots")
+    log.info("win rate %.3f (ties as half %.3f; %d/%d/%d) | gold accuracy sft %s dpo %s | KL %.3f",
+             metrics["win_rate"], metrics["win_rate_ties_half"], metrics["wins"], metrics["ties"], metrics["losses"],
+             metrics.get("gold_accuracy_sft"), metrics.get("gold_accuracy_dpo"), metrics["kl_dpo_sft"])
+
+
+if __name__ == "__main__":
+    with exit_on_user_error("evaluate"):
+        main()

@@ -1,0 +1,65 @@
+"""PNG plots of a run (matplotlib, no internet needed, unlike `dvc plots show` HTML)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+NO_METADATA = {"Software": None}  # keep the bytes a function of the data alone
+
+
+def read_tsv(path: str | Path) -> tuple[list[float], list[float]]:
+    with open(path, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    name = [k for k in rows[0] if k not in ("step", "timestamp")][0]
+    return [float(r["step"]) for r in rows], [float(r[name]) for r in rows]
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata=NO_METADATA)
+    plt.close(fig)
+
+
+def training_curves(live_dir: str, names: list[str], title: str, path: Path) -> None:
+    """One panel per metric; each panel overlays train/ and heldout/ curves when both exist."""
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for split in ("train", "heldout", ""):
+            tsv = Path(live_dir, "plots", "metrics", split, f"{name}.tsv") if split else \
+                Path(live_dir, "plots", "metrics", f"{name}.tsv")
+            if tsv.exists():
+                steps, values = read_tsv(tsv)
+                ax.plot([s + 1 for s in steps], values, marker="o", ms=3, label=split or name)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def render_all(metrics: dict, rewards: dict[str, list[float]], out_dir: str) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    counts = [metrics["wins"], metrics["ties"], metrics["losses"]]
+    ax.bar(["DPO wins", "ties", "SFT wins"], counts, color=["tab:green", "tab:gray", "tab:red"])
+    ax.set_title(f"win rate {metrics['win_rate']:.2f} (n={metrics['n']})", fontsize=10)
+    _save(fig, out / "win_tie_loss.png")
+
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for name, values in rewards.items():
+        ax.hist(values, bins=15, alpha=0.55, label=f"{name.upper()} (mean {sum(values) / len(values):.2f})")
+    ax.set_xlabel("reward-model score of greedy answers (held-out prompts)", fontsize=8)
+    ax.legend(fontsize=8)
+    _save(fig, out / "reward_distributions.png")
+
+    training_curves("metrics/dpo", ["loss", "pair_accuracy", "kl_chosen", "kl_rejected"], "DPO per epoch",
+                    out / "dpo_training.png")
+    training_curves("metrics/sft", ["train_loss", "heldout_loss"], "SFT per epoch", out / "sft_training.png")
