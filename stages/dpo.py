@@ -9,7 +9,7 @@ from preftune import data, modeling
 from preftune.batching import Encoder
 from preftune.errors import exit_on_user_error
 from preftune.params import load_params, section, stage_args
-from preftune.preference import PairBatcher, encode_pairs, train_preferences
+from preftune.preference import PairBatcher, check_config, encode_pairs, train_preferences
 from preftune.training import live_logger
 
 SFT, REFERENCE, OUT = "models/sft", "data/reference/logps.safetensors", "models/dpo"
@@ -22,6 +22,7 @@ def main() -> None:
     logging.captureWarnings(True)
     params = load_params(args.params)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "dpo")
+    check_config(cfg)  # before anything is written: a bad value leaves no partial outputs
     modeling.seed_everything(seed)
     device = modeling.resolve_device(model_cfg["device"])
 

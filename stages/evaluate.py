@@ -9,7 +9,7 @@ import statistics
 import torch
 
 from preftune import data, judge, modeling, plots
-from preftune.batching import Encoder
+from preftune.batching import Encoder, collate
 from preftune.errors import exit_on_user_error
 from preftune.generation import generate_answers
 from preftune.logprobs import sequence_logprobs
@@ -17,7 +17,6 @@ from preftune.params import load_params, section, stage_args
 from preftune.reward_model import load_reward_model, score_texts
 from preftune.task import is_correct
 from preftune.training import to_device
-from preftune.batching import collate
 
 SFT, DPO, REWARD = "models/sft", "models/dpo", "models/reward"
 log = logging.getLogger("evaluate")

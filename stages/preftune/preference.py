@@ -51,7 +51,7 @@ def check_config(cfg: dict) -> None:
         raise ConfigError(f"params.yaml: dpo.reference: '{cfg['reference']}' must be 'sft' or 'self'")
     if cfg["beta"] == 0:
         warnings.warn("dpo.beta is 0: the DPO loss is log 2 for every policy and its gradient is zero; "
-                      "training will not move (the seed's 'break it' exercise)", stacklevel=2)
+                      "training will not move (the seed's 'break it' exercise)")
 
 
 class PairBatcher:
