@@ -139,8 +139,6 @@ def test_encoder_truncates_long_prompt_from_the_left_keeping_eos(tok):
     assert encode.truncated == 1
 
 
-@pytest.mark.xfail(strict=True, reason="Encoder cuts an over-long response from the right and drops its EOS "
-                                       "(batching.py, Encoder.__call__: response_ids[: max_length - len(prompt_ids)])")
 def test_encoder_truncates_long_response_keeping_eos(tok):
     encode = Encoder(tok, 16)
     seq = encode("Answer:", " the cat and the dog" * 10)

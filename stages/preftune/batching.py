@@ -50,14 +50,13 @@ class Encoder:
         else:
             self.boundary_merges += 1
             response_ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
-        response_ids = response_ids + [self.eos]
-        overflow = len(prompt_ids) + len(response_ids) - self.max_length
+        overflow = len(prompt_ids) + len(response_ids) + 1 - self.max_length
         if overflow > 0:
             self.truncated += 1
             cut = min(overflow, max(len(prompt_ids) - 1, 0))
             prompt_ids = prompt_ids[cut:]
-            response_ids = response_ids[: self.max_length - len(prompt_ids)]
-        return Sequence(tuple(prompt_ids + response_ids), len(prompt_ids))
+            response_ids = response_ids[: self.max_length - len(prompt_ids) - 1]
+        return Sequence(tuple(prompt_ids + response_ids + [self.eos]), len(prompt_ids))
 
     def stats(self) -> dict:
         return {"boundary_merges": self.boundary_merges, "truncated": self.truncated}

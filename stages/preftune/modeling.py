@@ -129,7 +129,9 @@ def attach_lora(model, r: int, alpha: int, dropout: float, target_modules: list[
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
-    matched = [m for name, m in model.named_modules() if name.split(".")[-1] in target_modules]
+    # The same rule as peft: a target names a module exactly or by its trailing dotted components.
+    matched = [m for name, m in model.named_modules()
+               if any(name == t or name.endswith("." + t) for t in target_modules)]
     if not matched:
         raise ConfigError(
             f"params.yaml: dpo.lora.target_modules: {target_modules} match no module of this model; "

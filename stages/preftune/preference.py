@@ -47,6 +47,10 @@ def check_config(cfg: dict) -> None:
         raise ConfigError(f"params.yaml: dpo.loss: unknown loss '{cfg['loss']}'; use one of {', '.join(sorted(LOSSES))}")
     if not isinstance(cfg["beta"], (int, float)) or cfg["beta"] < 0:
         raise ConfigError(f"params.yaml: dpo.beta: {cfg['beta']} must be a number >= 0 (the seed uses 0.1)")
+    if cfg["loss"] == "ipo" and cfg["beta"] == 0:
+        raise ConfigError("params.yaml: dpo.beta: ipo's target margin is 1/(2 beta), so beta must be > 0")
+    if cfg["loss"] in ("cdpo", "robust") and not 0 <= cfg["label_smoothing"] < 0.5:
+        raise ConfigError(f"params.yaml: dpo.label_smoothing: {cfg['label_smoothing']} must be in [0, 0.5)")
     if cfg["reference"] not in ("sft", "self"):
         raise ConfigError(f"params.yaml: dpo.reference: '{cfg['reference']}' must be 'sft' or 'self'")
     if cfg["beta"] == 0:
