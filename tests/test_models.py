@@ -370,3 +370,26 @@ def test_loading_a_missing_model_is_a_config_error(tmp_path):
         modeling.load_tokenizer(str(tmp_path / "nothing-here"))
     with pytest.raises(ConfigError, match="model.base"):
         modeling.load_causal_lm(str(tmp_path / "nothing-here"))
+
+
+def test_saved_adapter_config_does_not_depend_on_the_hash_seed(tmp_path, model):
+    """peft stores target_modules as a set; its order must not leak into adapter_config.json."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    script = (
+        "import sys; sys.path.insert(0, 'stages')\n"
+        "from preftune.modeling import attach_lora, load_causal_lm\n"
+        f"m = attach_lora(load_causal_lm({str(base)!r}), 4, 8, 0.0, ['c_proj', 'c_attn'])\n"
+        "m.save_pretrained(sys.argv[1])\n")
+    texts = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / f"adapter{seed}"
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, cwd=Path(__file__).resolve().parents[1],
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+        texts.append((out / "adapter_config.json").read_text())
+    assert texts[0] == texts[1] == texts[2]

@@ -142,7 +142,11 @@ def attach_lora(model, r: int, alpha: int, dropout: float, target_modules: list[
                         fan_in_fan_out=fan_in_fan_out, bias="none", task_type="CAUSAL_LM")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
+    # peft keeps target_modules as a set, whose order (and so adapter_config.json's bytes) changes with
+    # the interpreter's hash seed; a sorted list makes the saved adapter a pure function of its inputs.
+    model.peft_config["default"].target_modules = sorted(model.peft_config["default"].target_modules)
+    return model
 
 
 def _linear_module_names(model) -> set[str]:
