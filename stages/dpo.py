@@ -23,6 +23,8 @@ def main() -> None:
     params = load_params(args.params)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "dpo")
     check_config(cfg)  # before anything is written: a bad value leaves no partial outputs
+    # dpo.seed varies only DPO's own randomness (LoRA init, batch order) over a fixed SFT model and data.
+    seed = seed if cfg["seed"] is None else cfg["seed"]
     modeling.seed_everything(seed)
     device = modeling.resolve_device(model_cfg["device"])
 
