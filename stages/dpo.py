@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from preftune import data, modeling
 from preftune.batching import Encoder
 from preftune.errors import exit_on_user_error
-from preftune.params import load_params, section, stage_args
+from preftune.params import section, start_stage
 from preftune.preference import PairBatcher, check_config, encode_pairs, train_preferences
 from preftune.training import live_logger
 
@@ -17,10 +17,7 @@ log = logging.getLogger("dpo")
 
 
 def main() -> None:
-    args = stage_args(__doc__)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    logging.captureWarnings(True)
-    params = load_params(args.params)
+    params = start_stage(__doc__)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "dpo")
     check_config(cfg)  # before anything is written: a bad value leaves no partial outputs
     # dpo.seed varies only DPO's own randomness (LoRA init, batch order) over a fixed SFT model and data.

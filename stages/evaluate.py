@@ -13,7 +13,7 @@ from preftune.batching import Encoder, collate
 from preftune.errors import exit_on_user_error
 from preftune.generation import generate_answers
 from preftune.logprobs import sequence_logprobs
-from preftune.params import load_params, section, stage_args
+from preftune.params import section, start_stage
 from preftune.reward_model import load_reward_model, score_texts
 from preftune.task import is_correct
 from preftune.training import to_device
@@ -64,9 +64,7 @@ class Policies:
 
 
 def main() -> None:
-    args = stage_args(__doc__)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    params = load_params(args.params)
+    params = start_stage(__doc__)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "evaluate")
     modeling.seed_everything(seed)
     device = modeling.resolve_device(model_cfg["device"])

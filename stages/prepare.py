@@ -10,7 +10,7 @@ import os
 
 from preftune import data, formats, task
 from preftune.errors import ConfigError, exit_on_user_error
-from preftune.params import load_params, section, stage_args
+from preftune.params import section, start_stage
 
 OUT = "data/prepared"
 log = logging.getLogger("prepare")
@@ -47,9 +47,7 @@ def user_pairs(cfg: dict, model_cfg: dict) -> list[dict]:
 
 
 def main() -> None:
-    args = stage_args(__doc__)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    params = load_params(args.params)
+    params = start_stage(__doc__)
     seed, cfg = params["seed"], section(params, "data")
 
     if cfg["source"] == "grammar":

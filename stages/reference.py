@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from preftune import data, modeling
 from preftune.batching import Encoder
 from preftune.errors import exit_on_user_error
-from preftune.params import load_params, section, stage_args
+from preftune.params import section, start_stage
 from preftune.preference import encode_pairs, logprobs_of
 
 SFT, OUT = "models/sft", "data/reference/logps.safetensors"
@@ -18,9 +18,7 @@ log = logging.getLogger("reference")
 
 
 def main() -> None:
-    args = stage_args(__doc__)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    model_cfg = section(load_params(args.params), "model")
+    model_cfg = section(start_stage(__doc__), "model")
     device = modeling.resolve_device(model_cfg["device"])
     tokenizer = modeling.load_tokenizer(SFT)
     model = modeling.load_causal_lm(SFT).to(device)

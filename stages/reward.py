@@ -5,7 +5,7 @@ import logging
 
 from preftune import data, modeling
 from preftune.errors import exit_on_user_error
-from preftune.params import load_params, section, stage_args
+from preftune.params import section, start_stage
 from preftune.reward_model import gold_agreement, load_reward_model, train_reward_model
 from preftune.training import live_logger, log_metrics
 
@@ -14,9 +14,7 @@ log = logging.getLogger("reward")
 
 
 def main() -> None:
-    args = stage_args(__doc__)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    params = load_params(args.params)
+    params = start_stage(__doc__)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "reward")
     modeling.seed_everything(seed)
     device = modeling.resolve_device(model_cfg["device"])

@@ -7,7 +7,7 @@ import logging
 from preftune import data, modeling
 from preftune.errors import exit_on_user_error
 from preftune.generation import generate_answers, gold_accuracy
-from preftune.params import load_params, section, stage_args
+from preftune.params import section, start_stage
 from preftune.supervised import train_sft
 from preftune.training import live_logger, log_metrics
 
@@ -16,9 +16,7 @@ log = logging.getLogger("sft")
 
 
 def main() -> None:
-    args = stage_args(__doc__)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    params = load_params(args.params)
+    params = start_stage(__doc__)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "sft")
     modeling.seed_everything(seed)
     device = modeling.resolve_device(model_cfg["device"])

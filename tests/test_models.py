@@ -11,34 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from preftune import modeling, task
+from preftune import modeling
 from preftune.batching import Encoder, Sequence, collate, left_pad
 from preftune.errors import ConfigError
 from preftune.generation import generate_answers
 from preftune.logprobs import sequence_logprobs, token_logprobs
 from preftune.reward_model import load_reward_model, score
 
-KINDS = {"habit": 1, "uncorrected": 1, "bad_fix": 1, "new_error": 1, "rambling": 1}
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def generated():
-    return task.generate(0, n_pairs=40, n_sft=200, n_gold=20, tutor_noise={}, rejected_kinds=KINDS)
-
-
-@pytest.fixture(scope="module")
-def tok(generated):
-    texts = [d["prompt"] + d["response"] for d in generated["sft"]]
-    texts += [p["prompt"] + p[k] for p in generated["pairs"] for k in ("chosen", "rejected")]
-    return modeling.train_tokenizer(texts, 300)
-
-
-@pytest.fixture(scope="module")
-def base_model(tok):
-    torch.manual_seed(0)
-    model = modeling.new_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=128)
-    return model.eval()
 
 
 @pytest.fixture

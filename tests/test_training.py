@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from preftune import modeling, task
+from preftune import modeling
 from preftune.batching import Encoder
 from preftune.errors import ConfigError
 from preftune.losses import LOSSES
@@ -23,7 +23,6 @@ from preftune.training import live_logger
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-KINDS = {"habit": 1, "uncorrected": 1, "bad_fix": 1, "new_error": 1, "rambling": 1}
 CPU = torch.device("cpu")
 MAX_LENGTH = 128
 LOG2 = math.log(2.0)
@@ -31,27 +30,9 @@ N_TRAIN = 30
 
 
 @pytest.fixture(scope="module")
-def generated():
-    return task.generate(0, n_pairs=40, n_sft=200, n_gold=20, tutor_noise={}, rejected_kinds=KINDS)
-
-
-@pytest.fixture(scope="module")
 def split(generated):
     pairs = generated["pairs"]
     return pairs[:N_TRAIN], pairs[N_TRAIN:]
-
-
-@pytest.fixture(scope="module")
-def tok(generated):
-    texts = [d["prompt"] + d["response"] for d in generated["sft"]]
-    texts += [p["prompt"] + p[k] for p in generated["pairs"] for k in ("chosen", "rejected")]
-    return modeling.train_tokenizer(texts, 300)
-
-
-@pytest.fixture(scope="module")
-def base_model(tok):
-    torch.manual_seed(0)
-    return modeling.new_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=MAX_LENGTH).eval()
 
 
 def read_tsv(path: Path, column: str) -> list[float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 import yaml
 
@@ -41,8 +42,12 @@ def section(params: dict, name: str) -> Section:
     return Section(name, value)
 
 
-def stage_args(description: str) -> argparse.Namespace:
-    """Every stage takes the same one option, so tests and users can point it at another params file."""
+def start_stage(description: str) -> Section:
+    """What every stage does first: parse its one option (--params, so tests and users can point it at
+    another file), log at INFO as `<stage>: message`, and load the params."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    logging.captureWarnings(True)  # library warnings (e.g. beta = 0) arrive as log lines
+    return load_params(args.params)

@@ -21,7 +21,6 @@ where DPO has something to fix.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
 CATEGORIES = ("agreement", "past_tense", "article", "plural", "pronoun", "comparative")
