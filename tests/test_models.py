@@ -373,3 +373,15 @@ def test_saved_adapter_config_does_not_depend_on_the_hash_seed(tmp_path, model):
                        env={**os.environ, "PYTHONHASHSEED": seed})
         texts.append((out / "adapter_config.json").read_text())
     assert texts[0] == texts[1] == texts[2]
+
+
+def test_saved_tokenizer_config_does_not_record_the_environment(tmp_path, tok):
+    """Under HF_HUB_OFFLINE=1 (as setup.sh runs) from_pretrained notes local_files_only=True; a re-saved
+    tokenizer must not carry it, or models/ would depend on how the stage was launched."""
+    import json
+
+    tok.save_pretrained(tmp_path / "a")
+    reloaded = modeling.load_tokenizer(str(tmp_path / "a"))
+    reloaded.save_pretrained(tmp_path / "b")
+    config = json.loads((tmp_path / "b" / "tokenizer_config.json").read_text())
+    assert not {"local_files_only", "_commit_hash", "token"} & set(config)

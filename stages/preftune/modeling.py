@@ -81,6 +81,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
             f"params.yaml: model.base: cannot load tokenizer '{path}' ({str(err).splitlines()[0]}); "
             "give a local model directory, or a hub id with the network on (HF_HUB_OFFLINE=0)") from None
     tokenizer.padding_side = "right"
+    # from_pretrained records how it was called (e.g. local_files_only under HF_HUB_OFFLINE=1); saved
+    # with the tokenizer, that would make models/ depend on the environment instead of the inputs.
+    for key in ("local_files_only", "_commit_hash", "token", "trust_remote_code"):
+        tokenizer.init_kwargs.pop(key, None)
     return tokenizer
 
 
