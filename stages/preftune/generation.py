@@ -15,7 +15,6 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
     """One answer per prompt: greedy by default, or sampled at temperature 1 (seeded per batch)."""
     model.eval()
     device = next(model.parameters()).device
-    answers = []
     # Sorting by length keeps left padding short; answers are put back in prompt order at the end.
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
@@ -31,8 +30,7 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         for i, row in zip(idx, new_tokens):
             by_index[i] = tokenizer.decode(row, skip_special_tokens=True)
-    answers = [by_index[i] for i in range(len(prompts))]
-    return answers
+    return [by_index[i] for i in range(len(prompts))]
 
 
 def gold_accuracy(records: list[dict], answers: list[str]) -> float | None:
