@@ -167,16 +167,20 @@ BAD_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("name, text, row, field, problem", BAD_ROWS, ids=[case[0] for case in BAD_ROWS])
-def test_bad_rows_name_file_row_and_field(tmp_path, name, text, row, field, problem):
-    path = tmp_path / name
+def assert_one_line_error(path, text, prefix, problem):
+    """Loading `text` from `path` fails with one line: where (prefix), what (problem), and what to do (after '; ')."""
     path.write_text(text, encoding="utf-8")
     with pytest.raises(DataError) as caught:
         load_pairs(path)
     message = str(caught.value)
-    assert message.startswith(f"{path}: row {row}: field '{field}': ")
+    assert message.startswith(prefix)
     assert problem in message
     assert "; " in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name, text, row, field, problem", BAD_ROWS, ids=[case[0] for case in BAD_ROWS])
+def test_bad_rows_name_file_row_and_field(tmp_path, name, text, row, field, problem):
+    assert_one_line_error(tmp_path / name, text, f"{tmp_path / name}: row {row}: field '{field}': ", problem)
 
 
 def test_row_that_is_not_a_mapping(tmp_path):
@@ -211,14 +215,7 @@ BAD_FILES = [
 
 @pytest.mark.parametrize("name, text, problem", BAD_FILES, ids=[case[0] for case in BAD_FILES])
 def test_bad_files_name_the_file(tmp_path, name, text, problem):
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(DataError) as caught:
-        load_pairs(path)
-    message = str(caught.value)
-    assert message.startswith(f"{path}: ")
-    assert problem in message
-    assert "; " in message and "\n" not in message
+    assert_one_line_error(tmp_path / name, text, f"{tmp_path / name}: ", problem)
 
 
 def test_not_utf8(tmp_path):
