@@ -9,7 +9,6 @@ reference log-probs equal the adapter-disabled policy's, and no second copy of t
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 
 import torch
@@ -19,7 +18,7 @@ from .batching import Encoder, Sequence, batch_order, collate
 from .logprobs import sequence_logprobs
 from .losses import LOSSES, NEEDS_KL_ESTIMATE, PairLogps, pair_diagnostics, preference_loss
 from .errors import ConfigError
-from .training import adamw, to_device, warmup_cosine
+from .training import adamw, log_metrics, to_device, warmup_cosine
 
 log = logging.getLogger(__name__)
 EPOCH_METRICS = ("loss", "pair_accuracy", "kl_chosen", "kl_rejected", "implicit_r_w", "implicit_r_l", "margin")
@@ -133,10 +132,8 @@ def train_preferences(model, train: PairBatcher, heldout: PairBatcher, n_train: 
             for k in EPOCH_METRICS:
                 totals[k] = totals.get(k, 0.0) + stats[k] * len(idx)
             if step_live is not None:
-                for k in EPOCH_METRICS:
-                    step_live.log_metric(k, round(stats[k], 6))
-                step_live.log_metric("grad_norm", round(grad_norm, 6) if math.isfinite(grad_norm) else grad_norm)
-                step_live.log_metric("lr", lr)
+                log_metrics(step_live, {**{k: stats[k] for k in EPOCH_METRICS}, "grad_norm": grad_norm})
+                step_live.log_metric("lr", lr)  # unrounded: a decayed lr can be far below 1e-6
                 step_live.next_step()
         metrics = {f"train_{k}": v / n_train for k, v in totals.items()}
         metrics.update({f"heldout_{k}": v for k, v in evaluate(model, heldout, n_heldout, cfg).items()})
@@ -145,7 +142,6 @@ def train_preferences(model, train: PairBatcher, heldout: PairBatcher, n_train: 
                  metrics["train_loss"], metrics["train_pair_accuracy"], metrics["train_kl_chosen"],
                  metrics["train_kl_rejected"], metrics["heldout_loss"], metrics["heldout_pair_accuracy"])
         if epoch_live is not None:
-            for k, v in metrics.items():
-                epoch_live.log_metric(k.replace("_", "/", 1), round(v, 6))
+            log_metrics(epoch_live, {k.replace("_", "/", 1): v for k, v in metrics.items()})  # train/loss, heldout/loss
             epoch_live.next_step()
     return history

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .batching import Encoder, batch_order, collate
 from .losses import reward_model_loss
 from .task import is_correct
-from .training import adamw, to_device, warmup_cosine
+from .training import adamw, log_metrics, to_device, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,7 @@ def train_reward_model(model, tokenizer, train: list[dict], heldout: list[dict],
                    "reward_mean": heldout_eval["reward_mean"], "reward_std": heldout_eval["reward_std"]}
         log.info("epoch %d: " + " ".join(f"{k} %.4f" for k in metrics), epoch, *metrics.values())
         if live is not None:
-            for name, value in metrics.items():
-                live.log_metric(name, round(value, 6))
+            log_metrics(live, metrics)
             live.next_step()
     return metrics
 

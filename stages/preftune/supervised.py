@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from .batching import Encoder, batch_order, collate
 from .logprobs import token_logprobs
-from .training import adamw, to_device, warmup_cosine
+from .training import adamw, log_metrics, to_device, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,7 @@ def train_sft(model, tokenizer, demos: list[dict], heldout: list[dict], cfg: dic
         log.info("epoch %d: train_loss %.4f heldout_loss %s", epoch, metrics["train_loss"],
                  f"{metrics['heldout_loss']:.4f}" if metrics["heldout_loss"] is not None else "n/a")
         if live is not None:
-            for name, value in metrics.items():
-                if value is not None:
-                    live.log_metric(name, round(value, 6))
+            log_metrics(live, metrics)
             live.next_step()
     metrics.update(encode.stats())
     return metrics
