@@ -1,5 +1,7 @@
 """dpo: preference-tune the SFT model (a LoRA adapter by default) against the precomputed reference
-log-probs. Saves models/dpo (adapter or full model + manifest.json) and logs metrics/dpo (DVCLive)."""
+log-probs. Saves models/dpo: a plain model (the adapter merged into the base; loads with
+AutoModelForCausalLM, no peft) with its tokenizer and manifest.json, and the adapter itself in
+models/dpo/adapter. Logs metrics/dpo (DVCLive)."""
 
 import logging
 
@@ -51,15 +53,18 @@ def main() -> None:
     epoch_live.end()
     step_live.end()
 
+    if lora:
+        policy.save_pretrained(f"{OUT}/adapter")
+        policy = policy.merge_and_unload()
     policy.save_pretrained(OUT)
-    if not lora:
-        tokenizer.save_pretrained(OUT)
+    tokenizer.save_pretrained(OUT)
     final = history[-1]
     data.write_json(f"{OUT}/manifest.json", {
         "seed": seed, "beta": cfg["beta"], "lr": cfg["lr"], "epochs": cfg["epochs"], "loss": cfg["loss"],
         "batch_size": cfg["batch_size"], "reference": cfg["reference"], "lora": lora,
         "final_train_loss": round(final["train_loss"], 6),
         "final_train_pair_accuracy": round(final["train_pair_accuracy"], 6),
+        "encoding": encode.stats(),
     })
 
 

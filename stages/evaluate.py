@@ -4,6 +4,7 @@ a samples table and PNG plots. Writes metrics/eval.json, metrics/samples.csv and
 
 import csv
 import logging
+import os
 import statistics
 
 import torch
@@ -28,12 +29,12 @@ class Policies:
 
     def __init__(self, device):
         self.sft = modeling.load_causal_lm(SFT).to(device)
-        try:
+        self.lora = os.path.isdir(f"{DPO}/adapter")
+        if self.lora:
             from peft import PeftModel
-            self.dpo = PeftModel.from_pretrained(self.sft, DPO).to(device)
-            self.lora = True
-        except ValueError:
-            self.dpo, self.lora = modeling.load_causal_lm(DPO).to(device), False
+            self.dpo = PeftModel.from_pretrained(self.sft, f"{DPO}/adapter").to(device)
+        else:
+            self.dpo = modeling.load_causal_lm(DPO).to(device)
 
     def answers(self, which: str, tokenizer, prompts, **kw) -> list[str]:
         if which == "dpo":
@@ -47,7 +48,8 @@ class Policies:
     def kl_estimate(self, tokenizer, prompts, samples: int, max_new_tokens: int, max_length: int, seed: int, device) -> float:
         """Monte Carlo KL(dpo || sft) per sequence: E_{y ~ dpo}[log pi_dpo(y|x) - log pi_sft(y|x)]."""
         repeated = [p for p in prompts for _ in range(samples)]
-        answers = self.answers("dpo", tokenizer, repeated, max_new_tokens=max_new_tokens, sample=True, seed=seed)
+        answers = self.answers("dpo", tokenizer, repeated, max_new_tokens=max_new_tokens, sample=True, seed=seed,
+                               max_length=max_length)
         encode = Encoder(tokenizer, max_length)
         sequences = [encode(p, a) for p, a in zip(repeated, answers)]
         diffs = []
@@ -72,12 +74,16 @@ def main() -> None:
     policies = Policies(device)
     reward_model = load_reward_model(REWARD).to(device)
     encode = Encoder(tokenizer, model_cfg["max_length"])
-    gen = {"max_new_tokens": cfg["max_new_tokens"], "batch_size": cfg["batch_size"]}
+    # Prompts keep their last max_length - max_new_tokens tokens, as in training; counted once per prompt
+    # (on the SFT pass: DPO sees the same prompts).
+    truncation: dict = {}
+    gen = {"max_new_tokens": cfg["max_new_tokens"], "batch_size": cfg["batch_size"], "max_length": model_cfg["max_length"]}
+    count_on = lambda m: {"stats": truncation} if m == "sft" else {}  # noqa: E731
 
     # The seed's headline: held-out prompts, greedy answers, the reward model as judge.
     heldout = data.read_jsonl("data/prepared/heldout.jsonl")
     prompts = [r["prompt"] for r in heldout]
-    answers = {m: policies.answers(m, tokenizer, prompts, **gen) for m in ("sft", "dpo")}
+    answers = {m: policies.answers(m, tokenizer, prompts, **gen, **count_on(m)) for m in ("sft", "dpo")}
     rewards = {m: score_texts(reward_model, encode, prompts, answers[m], device) for m in ("sft", "dpo")}
     identical = [a == b for a, b in zip(answers["dpo"], answers["sft"])]
     metrics = judge.win_rate_summary(rewards["dpo"], rewards["sft"], identical=identical)
@@ -94,7 +100,7 @@ def main() -> None:
     gold = data.read_jsonl("data/prepared/gold.jsonl")
     if gold:
         gold_prompts = [r["prompt"] for r in gold]
-        gold_answers = {m: policies.answers(m, tokenizer, gold_prompts, **gen) for m in ("sft", "dpo")}
+        gold_answers = {m: policies.answers(m, tokenizer, gold_prompts, **gen, **count_on(m)) for m in ("sft", "dpo")}
         correct = {m: [is_correct(r, a) for r, a in zip(gold, gold_answers[m])] for m in ("sft", "dpo")}
         gold_rewards = {m: score_texts(reward_model, encode, gold_prompts, gold_answers[m], device) for m in ("sft", "dpo")}
         paired = judge.paired_difference(correct["dpo"], correct["sft"])
@@ -106,6 +112,8 @@ def main() -> None:
             "gold_win_rate": paired["gold_win_rate"], "gold_loss_rate": paired["gold_loss_rate"],
             "judge_gold_agreement": agreement["agreement"], "judge_gold_decisive": agreement["n_decisive"],
         })
+    metrics["prompts_truncated"] = truncation.get("prompts_truncated", 0)
+    metrics["sequences_truncated"] = encode.truncated
     metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
     data.write_json("metrics/eval.json", metrics)
 

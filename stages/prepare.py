@@ -1,18 +1,23 @@
 """prepare: preference pairs, SFT demonstrations and gold prompts under data/prepared/.
 
+It also fixes the tokenizer (data/prepared/tokenizer): the base model's, or for `model.base: scratch`
+a byte-level BPE trained here, so lengths are decided in the model's own tokens.
 Source `grammar` generates the built-in grammar-tutor task from `seed`; any other source is a
-preference file (yaml, jsonl, json, csv, parquet) or `hf:<name>[:<split>]`. Everything is validated
-before the first file is written, so a bad input leaves no partial outputs.
+preference file under data/raw/ (yaml, jsonl, json, csv, parquet), which dvc.yaml lists as a dependency,
+so editing it reruns this stage and whatever its outputs feed. Pairs are fitted to `model.max_length`
+(budget.py) and exact duplicates dropped or refused (`data.duplicates`), all counted in
+metrics/prepare.json. Everything is validated before the first file is written, so a bad input leaves
+no partial outputs.
 """
 
 import logging
 import os
 
-from preftune import data, formats, task
-from preftune.errors import ConfigError, exit_on_user_error
+from preftune import budget, data, formats, modeling, task
+from preftune.errors import ConfigError, DataError, exit_on_user_error
 from preftune.params import section, start_stage
 
-OUT = "data/prepared"
+OUT, RAW = "data/prepared", "data/raw"
 log = logging.getLogger("prepare")
 
 
@@ -31,32 +36,79 @@ def built_in_task(seed: int, cfg: dict) -> tuple[list[dict], list[dict], list[di
     return generated["pairs"], generated["sft"], generated["gold"]
 
 
-def user_pairs(cfg: dict, model_cfg: dict) -> list[dict]:
-    source = cfg["source"]
-    if not source.startswith("hf:") and not os.path.exists(source) and not os.path.splitext(source)[1]:
-        raise ConfigError(f"params.yaml: data.source: '{source}' is neither the built-in 'grammar' nor an existing "
-                          "file; use 'grammar', a path to a .yaml/.jsonl/.json/.csv/.parquet file, or hf:<dataset>")
-    render = None
-    if model_cfg.get("base") != "scratch":  # conversational rows use the base model's chat template
-        from preftune.modeling import chat_renderer
-        render = chat_renderer(model_cfg)
+def check_source(source: str) -> None:
+    """A dataset must live under data/raw/, the folder dvc.yaml tracks; anywhere else DVC would not see it change."""
     if source.startswith("hf:"):
-        name, _, split = source[3:].partition(":")
-        return formats.load_hub_pairs(name, split or "train", render_messages=render)
-    return formats.load_pairs(source, cfg.get("format"), render_messages=render)
+        raise ConfigError(f"params.yaml: data.source: '{source}': Hub datasets are fetched once so that runs stay "
+                          f"offline and tracked: run `python stages/fetch_hub.py {source[3:]}` (network and "
+                          f"pip install '.[hub]' needed) and set data.source to the file it writes under {RAW}/")
+    path = os.path.normpath(source)
+    inside = not os.path.isabs(path) and not path.startswith("..")
+    if inside and (path + os.sep).startswith(RAW + os.sep):
+        return
+    name = os.path.basename(path)
+    if not os.path.splitext(name)[1] and not os.path.exists(source):
+        raise ConfigError(f"params.yaml: data.source: '{source}' is neither the built-in 'grammar' nor a dataset "
+                          f"file; use 'grammar' or a .yaml/.jsonl/.json/.csv/.parquet file under {RAW}/")
+    if inside:
+        fix = f"move it there (git mv {source} {RAW}/{name}, or dvc add it there)"
+    else:
+        fix = (f"bring it in with `cp {source} {RAW}/ && dvc add {RAW}/{name}` or "
+               f"`dvc import-url {source} {RAW}/{name}`")
+    raise ConfigError(f"params.yaml: data.source: '{source}' is not under {RAW}/, so DVC would not rerun prepare "
+                      f"when it changes; {fix}, then set data.source: {RAW}/{name}")
+
+
+def load_user_pairs(source: str, fmt: str | None, render) -> list[dict]:
+    check_source(source)
+    return formats.load_pairs(source, fmt, render_messages=render)
+
+
+def scratch_tokenizer_texts(pairs: list[dict], sft: list[dict] | None) -> list[str]:
+    """What a from-scratch tokenizer learns from: the SFT demonstrations of the built-in task, or every
+    prompt and answer of a user dataset (its SFT set, the training pairs' chosen answers, comes later)."""
+    if sft is not None:
+        return [d["prompt"] + d["response"] for d in sft]
+    return [p["prompt"] + p[k] for p in pairs for k in ("chosen", "rejected")]
+
+
+def drop_duplicates(pairs: list[dict], policy: str, source: str) -> tuple[list[dict], int]:
+    if policy not in ("drop", "error"):
+        raise ConfigError(f"params.yaml: data.duplicates: '{policy}' must be 'drop' or 'error'")
+    repeats = data.find_duplicates(pairs)
+    if repeats and policy == "error":
+        row, first = repeats[0]
+        raise DataError(f"{source}: row {row + 1}: duplicate of row {first + 1} (same prompt, chosen and rejected); "
+                        "drop one of the two rows, or set data.duplicates: drop")
+    drop = {i for i, _ in repeats}
+    return [p for i, p in enumerate(pairs) if i not in drop], len(drop)
 
 
 def main() -> None:
     params = start_stage(__doc__)
     seed, cfg = params["seed"], section(params, "data")
 
-    if cfg["source"] == "grammar":
-        pairs, sft, gold = built_in_task(seed, cfg)
+    model_cfg = section(params, "model")
+    scratch = model_cfg["base"] == "scratch"
+    if cfg["source"] != "grammar":
+        check_source(cfg["source"])  # before a tokenizer is loaded: a wrong path fails in a second
+    # The model's tokenizer decides lengths and renders conversations: a pretrained one is loaded first
+    # (its chat template renders the rows); a scratch one is trained on the rows, rendered as plain lines.
+    tokenizer = None if scratch else modeling.load_tokenizer(model_cfg["base"], model_cfg["trust_remote_code"])
+    render = (tokenizer is not None and modeling.chat_renderer(tokenizer)) or formats.render_plain
+    if cfg["source"] == "grammar":  # a generator may repeat a pair by chance: that is sampling, not a bad row
+        (pairs, sft, gold), duplicates = built_in_task(seed, cfg), 0
     else:
-        pairs, sft, gold = user_pairs(cfg, section(params, "model")), None, []
-    pairs, dropped = data.drop_long_rows(pairs, cfg["max_chars"])
+        pairs, sft, gold = load_user_pairs(cfg["source"], cfg["format"], render), None, []
+        pairs, duplicates = drop_duplicates(pairs, cfg["duplicates"], cfg["source"])
+    if scratch:
+        tokenizer = modeling.train_tokenizer(scratch_tokenizer_texts(pairs, sft), model_cfg["vocab_size"])
+    modeling.ensure_pad_token(tokenizer)
+    pairs, lengths = budget.fit_pairs(pairs, budget.TokenCounter(tokenizer), model_cfg["max_length"], render)
     if not pairs:
-        raise ConfigError(f"params.yaml: data.max_chars: {cfg['max_chars']} drops every pair; raise it")
+        raise ConfigError(f"params.yaml: model.max_length: {model_cfg['max_length']} tokens leave no room "
+                          "for any response; raise it")
+    pairs = [{k: v for k, v in p.items() if k != "messages"} for p in pairs]
     train, heldout = data.split_by_prompt(pairs, cfg["heldout"], seed)
     if sft is None:  # a user dataset: the reference policy imitates the chosen answers
         sft = [{"prompt": r["prompt"], "response": r["chosen"]} for r in train]
@@ -66,11 +118,13 @@ def main() -> None:
     data.write_jsonl(f"{OUT}/heldout.jsonl", heldout)
     data.write_jsonl(f"{OUT}/sft.jsonl", sft)
     data.write_jsonl(f"{OUT}/gold.jsonl", gold)
+    tokenizer.save_pretrained(f"{OUT}/tokenizer")
     metrics = {
         "pairs": {"train": len(train), "heldout": len(heldout)},
         "sft_demos": len(sft),
         "gold_prompts": len(gold),
-        "dropped_too_long": dropped,
+        "duplicates_dropped": duplicates,
+        "length": lengths,
         "label_swapped": swapped,
         "train_lengths": data.length_stats(train),
         "train_by_category": data.count_by(train, "category"),
@@ -78,9 +132,11 @@ def main() -> None:
         "sft_by_tutor_kind": data.count_by(sft, "tutor_kind"),
     }
     data.write_json("metrics/prepare.json", metrics)
-    log.info("%d train / %d held-out pairs, %d SFT demonstrations, %d gold prompts; "
-             "%d dropped as too long, %d labels swapped",
-             len(train), len(heldout), len(sft), len(gold), dropped, swapped)
+    log.info("%d train / %d held-out pairs, %d SFT demonstrations, %d gold prompts; %d duplicates dropped; "
+             "%d pairs dropped (response longer than max_length), %d prompts lost turns, %d lost tokens; "
+             "%d labels swapped", len(train), len(heldout), len(sft), len(gold), duplicates,
+             lengths["dropped_response_too_long"], lengths["prompt_turns_dropped"], lengths["prompt_tokens_cut"],
+             swapped)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def main() -> None:
             tensors[f"{split}/{kind}"] = logprobs_of(model, sequences, tokenizer.pad_token_id, device).contiguous()
     Path(OUT).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, OUT)
+    data.write_json(Path(OUT).parent / "encoding.json", encode.stats())  # truncations this stage saw
     log.info("reference log-probs of %d train and %d held-out pairs; %s",
              len(tensors["train/chosen"]), len(tensors["heldout/chosen"]), encode.stats())
 

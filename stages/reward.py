@@ -33,7 +33,8 @@ def main() -> None:
                                       cfg["agreement_prompts"], cfg["agreement_samples"], seed, device))
         log.info("agreement with the gold checker on SFT samples: %s over %d pairs",
                  metrics["gold_agreement"], metrics["gold_agreement_pairs"])
-    log_metrics(live, {k: metrics.get(k) for k in ("gold_agreement", "gold_agreement_pairs")})
+    log_metrics(live, {k: metrics.get(k) for k in ("gold_agreement", "gold_agreement_pairs", "truncated",
+                                                   "boundary_merges")})
     live.end()
     model.save_pretrained(OUT)
     tokenizer.save_pretrained(OUT)

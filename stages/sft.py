@@ -1,6 +1,7 @@
-"""sft: the reference policy. `model.base: scratch` trains a byte-level BPE tokenizer and a small GPT-2
-from nothing; any other value is a hub id or local directory loaded with AutoModelForCausalLM.
-Saves models/sft (save_pretrained, safetensors) and logs metrics/sft (DVCLive)."""
+"""sft: the reference policy. `model.base: scratch` trains a small GPT-2 from nothing (on the tokenizer
+that prepare trained); any other value (a local directory, a GGUF file, a hub id) is loaded with
+AutoModelForCausalLM, and `sft.epochs: 0` keeps it as it is. Saves models/sft, always a plain
+safetensors checkpoint (save_pretrained), and logs metrics/sft (DVCLive)."""
 
 import logging
 
@@ -11,7 +12,7 @@ from preftune.params import section, start_stage
 from preftune.supervised import train_sft
 from preftune.training import live_logger, log_metrics
 
-OUT = "models/sft"
+TOKENIZER, OUT = "data/prepared/tokenizer", "models/sft"
 log = logging.getLogger("sft")
 
 
@@ -24,15 +25,13 @@ def main() -> None:
     demos = data.read_jsonl("data/prepared/sft.jsonl")
     heldout = data.read_jsonl("data/prepared/heldout.jsonl")
     gold = data.read_jsonl("data/prepared/gold.jsonl")
+    tokenizer = modeling.load_tokenizer(TOKENIZER)  # prepare's: the base model's, or trained on the data
     if model_cfg["base"] == "scratch":
-        texts = [d["prompt"] + d["response"] for d in demos]
-        tokenizer = modeling.train_tokenizer(texts, model_cfg["vocab_size"])
         model = modeling.new_gpt2(tokenizer, model_cfg["n_layer"], model_cfg["n_embd"], model_cfg["n_head"],
                                   model_cfg["max_length"])
     else:
-        tokenizer = modeling.load_tokenizer(model_cfg["base"], model_cfg["trust_remote_code"])
         model = modeling.load_causal_lm(model_cfg["base"], model_cfg["trust_remote_code"])
-        modeling.ensure_pad_token(tokenizer, model)
+    modeling.ensure_pad_token(tokenizer, model)
     model.to(device)
     trainable, total = modeling.count_parameters(model)
     log.info("%s: %.2fM parameters, vocabulary %d, device %s", model_cfg["base"], total / 1e6, len(tokenizer), device)
@@ -41,11 +40,12 @@ def main() -> None:
     metrics = train_sft(model, tokenizer, demos, heldout, cfg, model_cfg["max_length"], seed, device, live) \
         if cfg["epochs"] > 0 else {}
     answers = generate_answers(model, tokenizer, [g["prompt"] for g in gold], cfg["eval_max_new_tokens"],
-                               desc="gold answers")
+                               desc="gold answers", max_length=model_cfg["max_length"])
     metrics["gold_accuracy"] = gold_accuracy(gold, answers)
     metrics["parameters"] = total
     log.info("gold accuracy of greedy answers: %s", metrics["gold_accuracy"])
-    log_metrics(live, {k: v for k, v in metrics.items() if k in ("gold_accuracy", "parameters")})
+    log_metrics(live, {k: v for k, v in metrics.items() if k in ("gold_accuracy", "parameters", "truncated",
+                                                                 "boundary_merges")})
     live.end()
 
     model.save_pretrained(OUT)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from preftune.errors import DataError, UserError
-from preftune.formats import load_hub_pairs, load_pairs, normalize_rows, render_plain
+from preftune.formats import load_pairs, normalize_rows, render_plain
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
@@ -80,9 +80,17 @@ def test_implicit_prompt_rows_rejoin_to_the_original_text():
 
 # --- conversational ----------------------------------------------------------------------------------
 
+def texts(rows: list[dict]) -> list[dict]:
+    """Rows without the messages that conversational rows keep for prepare's turn dropping."""
+    return [{k: v for k, v in row.items() if k != "messages"} for row in rows]
+
+
 def test_conversational_with_the_plain_template():
     rows = load_pairs(FIXTURES / "conversational.jsonl")
-    assert rows == [
+    assert rows[0]["messages"]["prompt"] == [{"role": "system", "content": "You fix grammar."},
+                                             {"role": "user", "content": "she go home"}]
+    assert rows[0]["messages"]["chosen"] == [{"role": "assistant", "content": "She goes home."}]
+    assert texts(rows) == [
         {
             "prompt": "system: You fix grammar.\nuser: she go home\nassistant:",
             "chosen": " She goes home.\n",
@@ -108,7 +116,7 @@ def chatml(messages, add_generation_prompt):
 
 def test_conversational_with_a_custom_template():
     rows = load_pairs(FIXTURES / "conversational.jsonl", render_messages=chatml)
-    assert rows == [
+    assert texts(rows) == [
         {
             "prompt": "<|system|>You fix grammar.<|end|><|user|>she go home<|end|><|assistant|>",
             "chosen": "She goes home.<|end|>",
@@ -127,6 +135,50 @@ def test_template_whose_generation_prompt_is_not_a_prefix():
         load_pairs(FIXTURES / "conversational.jsonl", render_messages=adds_a_newline)
 
 
+# --- LLaMA-Factory layouts -----------------------------------------------------------------------------
+
+def test_sharegpt_rows_become_conversations_with_their_system_messages():
+    rows = load_pairs(FIXTURES / "sharegpt.json")
+    assert len(rows) == 12  # duplicates are prepare's business (data.duplicates)
+    assert texts(rows)[0] == {"prompt": "user: Fix the grammar: she go to school.\nassistant:",
+                              "chosen": " She goes to school.\n", "rejected": " She go to school.\n"}
+    assert rows[1]["messages"]["prompt"] == [
+        {"role": "system", "content": "You are a patient English tutor."},
+        {"role": "user", "content": "Is 'they was late' correct?"},
+        {"role": "assistant", "content": "No, it should be 'they were late'."},
+        {"role": "user", "content": "And 'he don't know'?"}]
+    assert rows[2]["prompt"].startswith("system: Answer in one sentence.\nuser: What is the plural")
+
+
+def test_alpaca_rows_join_instruction_and_input():
+    rows = load_pairs(FIXTURES / "alpaca.json", render_messages=chatml)
+    assert texts(rows)[0] == {"prompt": "<|user|>Fix the grammar.\nshe go home<|end|><|assistant|>",
+                              "chosen": "She goes home.<|end|>", "rejected": "She go home.<|end|>"}
+    assert rows[1]["prompt"] == "<|system|>Answer with one word.<|end|><|user|>Give the past tense of 'go'.<|end|><|assistant|>"
+
+
+@pytest.mark.parametrize("row, field, problem", [
+    ({"conversations": [{"from": "human", "value": "hi"}], "chosen": {"from": "human", "value": "a"},
+      "rejected": {"from": "gpt", "value": "b"}}, "chosen", "expected an answer from 'gpt'"),
+    ({"conversations": [{"from": "observation", "value": "hi"}], "chosen": {"from": "gpt", "value": "a"},
+      "rejected": {"from": "gpt", "value": "b"}}, "conversations[1]", "unsupported 'from' 'observation'"),
+    ({"conversations": [], "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}},
+     "conversations", "non-empty list"),
+    ({"conversations": [{"from": "human", "value": "hi"}], "chosen": "a", "rejected": {"from": "gpt", "value": "b"}},
+     "chosen", "expected {from, value}"),
+    ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}],
+      "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}},
+     "prompt", "ends with an assistant message"),
+    ({"instruction": 3, "chosen": "a", "rejected": "b"}, "instruction", "expected text"),
+    ({"instruction": "Fix it.", "input": "x", "chosen": "", "rejected": "b"}, "chosen", "message 1"),
+])
+def test_bad_llama_factory_rows(row, field, problem):
+    with pytest.raises(DataError) as caught:
+        normalize_rows([row], "f.json")
+    assert str(caught.value).startswith(f"f.json: row 1: field '{field}': ") and problem in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
 def test_conversational_parquet(tmp_path):
     path = tmp_path / "chat.parquet"
     pd.DataFrame([{
@@ -134,7 +186,7 @@ def test_conversational_parquet(tmp_path):
         "chosen": [{"role": "assistant", "content": "She goes home."}],
         "rejected": [{"role": "assistant", "content": "She go home."}],
     }]).to_parquet(path)
-    assert load_pairs(path) == [{"prompt": "user: she go home\nassistant:", "chosen": " She goes home.\n",
+    assert texts(load_pairs(path)) == [{"prompt": "user: she go home\nassistant:", "chosen": " She goes home.\n",
                                  "rejected": " She go home.\n"}]
 
 
@@ -150,7 +202,6 @@ BAD_ROWS = [
     ("null.json", '[{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": null}]',
      2, "rejected", "null"),
     ("identical.jsonl", '{"prompt": "p", "chosen": "same", "rejected": "same"}\n', 1, "rejected", "identical to 'chosen'"),
-    ("dupe.csv", "prompt,chosen,rejected\np1,a,b\np2,a,b\np1,a,b\n", 3, "prompt", "duplicate of row 1"),
     ("no_prefix.jsonl", '{"chosen": "Yes, it is.", "rejected": "No."}\n', 1, "prompt", "add a prompt column"),
     ("one_word.jsonl", '{"chosen": "Goes", "rejected": "Go"}\n', 1, "prompt", "no shared prompt prefix"),
     ("nothing_left.jsonl", '{"chosen": "Q: hi\\n", "rejected": "Q: hi\\nHello"}\n', 1, "chosen", "after the shared prompt"),
@@ -243,10 +294,12 @@ def test_unknown_format_lists_the_supported_ones(tmp_path, name, fmt, shown):
 
 # --- hub ---------------------------------------------------------------------------------------------
 
-def test_hub_without_datasets_says_how_to_install(monkeypatch):
+def test_hub_fetch_without_datasets_says_how_to_install(monkeypatch):
+    import fetch_hub
+
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail even where it is installed
     with pytest.raises(DataError, match=r"trl-lib/ultrafeedback: .*pip install '\.\[hub\]'"):
-        load_hub_pairs("trl-lib/ultrafeedback", "train")
+        fetch_hub.fetch("trl-lib/ultrafeedback", "train", None)
 
 
 def test_rows_from_memory_use_the_source_name():

@@ -256,12 +256,101 @@ def test_reward_score_does_not_depend_on_padding(base_model, tok, tmp_path, pair
     assert abs(alone[0].item() - longer_alone[0].item()) > 1e-6  # the head reads something real
 
 
-def test_load_reward_model_without_pad_token_is_refused(base_model, tmp_path):
-    model = copy.deepcopy(base_model)
-    model.config.pad_token_id = None
-    model.save_pretrained(tmp_path / "nopad")
-    with pytest.raises(ValueError, match="pad_token_id"):
-        load_reward_model(str(tmp_path / "nopad"))
+def test_reward_score_with_pad_equal_to_eos_reads_the_same_last_token(base_model, tok, tmp_path, pair_sequences):
+    """A pretrained tokenizer often has PAD == EOS: the head still reads each sequence's own final EOS,
+    found from lengths, so the scores equal those of a distinct PAD."""
+    base_model.save_pretrained(tmp_path / "sft")
+    torch.manual_seed(1)
+    rm = load_reward_model(str(tmp_path / "sft")).eval()
+    with torch.no_grad():
+        with_pad = score(rm, pair_sequences, tok.pad_token_id, CPU)
+        with_eos = score(rm, pair_sequences, tok.eos_token_id, CPU)
+    torch.testing.assert_close(with_eos, with_pad, atol=1e-5, rtol=0)
+
+
+# --- log-probs chunk by chunk ----------------------------------------------------------------------------
+
+def plain_token_logprobs(model, batch):
+    """The computation the chunked one replaces: full logits, a full fp32 log-softmax, then gather."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    targets, mask = batch["input_ids"][:, 1:], batch["response_mask"][:, 1:]
+    return torch.gather(F.log_softmax(logits, -1), 2, targets.unsqueeze(-1)).squeeze(-1) * mask
+
+
+def tiny_llama(vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("chunk", [5, 10_000])  # many chunks, and one
+def test_chunked_logprobs_equal_the_plain_computation_in_value_and_gradient(model, tok, pair_sequences, arch, chunk):
+    net = model if arch == "gpt2" else tiny_llama(len(tok))
+    net = modeling.attach_lora(net, 4, 8, 0.0, "all-linear")
+    with torch.no_grad():  # a nonzero adapter, so that gradients reach both LoRA factors
+        for n, p in net.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    batch = collate(pair_sequences, tok.pad_token_id)
+    grads = []
+    for compute in (plain_token_logprobs, lambda m, b: token_logprobs(m, b, chunk_tokens=chunk)[0]):
+        net.zero_grad(set_to_none=True)
+        logps = compute(net, batch)
+        (logps.sum(-1) * torch.linspace(1, 2, len(pair_sequences))).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad})
+        if compute is plain_token_logprobs:
+            expected = logps.detach()
+        else:
+            torch.testing.assert_close(logps.detach(), expected, atol=2e-5, rtol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 4
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_chunked_logprobs_never_build_the_whole_vocabulary_projection(tok, pair_sequences):
+    """The largest float tensor saved for backward is one chunk's logits, not batch x length x vocabulary."""
+    net = tiny_llama(4096).train()
+    batch = collate(pair_sequences, tok.pad_token_id)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() if t.is_floating_point() else 0)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        token_logprobs(net, batch, chunk_tokens=8)[0].sum().backward()
+    full = batch["input_ids"].numel() * 4096
+    assert max(saved) < full / 4, (max(saved), full)
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        plain_token_logprobs(net, batch).sum().backward()
+    assert max(saved) >= full * 0.9  # the check would have caught the plain computation
+
+
+# --- LoRA targets and model.base --------------------------------------------------------------------------
+
+def test_lora_targets_by_architecture(model, tok):
+    assert modeling.lora_targets(model, "auto") == ["c_attn", "c_proj"]
+    assert modeling.lora_targets(model, "all-linear") == ["c_attn", "c_fc", "c_proj"]  # never the output head
+    assert modeling.lora_targets(tiny_llama(len(tok)), "auto") == [
+        "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert modeling.lora_targets(model, ["c_attn"]) == ["c_attn"]
+    with pytest.raises(ConfigError, match="auto, all-linear or a list"):
+        modeling.lora_targets(model, "everything")
+
+
+@pytest.mark.parametrize("base, needle", [
+    ("package:no_such_package_here/model.gguf", "no installed package 'no_such_package_here'"),
+    ("package:pytest/missing.gguf", "GGUF file"),
+    ("models/none.gguf", "GGUF file 'models/none.gguf' not found"),
+])
+def test_bad_model_base_is_a_config_error(base, needle):
+    with pytest.raises(ConfigError, match="model.base") as err:
+        modeling.resolve_base(base)
+    assert needle in str(err.value)
 
 
 # --- generation ------------------------------------------------------------------------------------------

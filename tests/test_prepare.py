@@ -18,12 +18,13 @@ BAD = REPO / "tests" / "fixtures" / "bad"
 OUTPUTS = ("train.jsonl", "heldout.jsonl", "sft.jsonl", "gold.jsonl")
 
 
-def run_prepare(workdir: Path, **data) -> subprocess.CompletedProcess:
-    """Write params.yaml (the repo's, data.* overridden; `seed` too if given) and run the stage in workdir."""
+def run_prepare(workdir: Path, model: dict | None = None, **data) -> subprocess.CompletedProcess:
+    """Write params.yaml (the repo's, data.* and model.* overridden; `seed` too if given) and run the stage."""
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     if "seed" in data:
         params["seed"] = data.pop("seed")
     params["data"].update(data)
+    params["model"].update(model or {})
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     return subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py"), "--params", "params.yaml"],
@@ -59,23 +60,27 @@ def assert_one_line_error(workdir: Path, done: subprocess.CompletedProcess, *nee
 
 # --- user datasets -------------------------------------------------------------------------------------
 
-def _user_file(tmp_path: Path, name: str) -> str:
-    """Copy a fixture into the working directory; return the relative path a user would write."""
-    target = tmp_path / "prefs" / name
-    target.parent.mkdir(parents=True)
+def _user_file(tmp_path: Path, name: str, source: Path = DATASETS) -> str:
+    """Copy a fixture into data/raw/ of the working directory; return the relative path a user would write."""
+    target = tmp_path / "data" / "raw" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
     if name == "pairs.parquet":
         pd.DataFrame(load_pairs(DATASETS / "pairs.jsonl")).to_parquet(target)
     else:
-        shutil.copy(DATASETS / name, target)
-    return f"prefs/{name}"
+        shutil.copy(source / name, target)
+    return f"data/raw/{name}"
+
+
+def without_messages(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "messages"} for r in rows]
 
 
 @pytest.mark.parametrize("name", ["pairs.yaml", "pairs.jsonl", "pairs.json", "pairs.csv", "pairs.parquet",
-                                  "implicit.jsonl", "conversational.jsonl"])
+                                  "implicit.jsonl", "conversational.jsonl", "alpaca.json"])
 def test_user_dataset_is_split_into_train_and_heldout(tmp_path, name):
     source = _user_file(tmp_path, name)
     ok(run_prepare(tmp_path, source=source, heldout=1))
-    expected = load_pairs(tmp_path / source)
+    expected = without_messages(load_pairs(tmp_path / source))
     train, heldout = read(tmp_path, "train.jsonl"), read(tmp_path, "heldout.jsonl")
     assert len(heldout) == 1 and len(train) == len(expected) - 1
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in heldout}
@@ -86,7 +91,9 @@ def test_user_dataset_is_split_into_train_and_heldout(tmp_path, name):
     assert read(tmp_path, "gold.jsonl") == []
     m = metrics(tmp_path)
     assert m["pairs"] == {"train": len(train), "heldout": 1}
-    assert m["dropped_too_long"] == 0 and m["label_swapped"] == 0
+    assert m["label_swapped"] == 0 and m["duplicates_dropped"] == 0
+    assert m["length"] == {"max_length": 128, "dropped_response_too_long": 0,
+                           "prompt_turns_dropped": 0, "prompt_tokens_cut": 0}
 
 
 # --- bad inputs: exit 2, one line, nothing written ------------------------------------------------------
@@ -96,24 +103,56 @@ def test_user_dataset_is_split_into_train_and_heldout(tmp_path, name):
     ("empty_field.yaml", ["empty_field.yaml", "row 3", "field 'chosen'", "empty"]),
     ("non_string.json", ["non_string.json", "row 1", "field 'rejected'", "expected text"]),
     ("same_answers.csv", ["same_answers.csv", "row 3", "field 'rejected'", "identical"]),
-    ("duplicate.jsonl", ["duplicate.jsonl", "row 3", "duplicate of row 1"]),
     ("pairs.txt", ["pairs.txt", "unknown format 'txt'"]),
 ])
 def test_bad_dataset_file(tmp_path, name, needles):
-    (tmp_path / "bad").mkdir()
-    shutil.copy(BAD / name, tmp_path / "bad" / name)
-    done = run_prepare(tmp_path, source=f"bad/{name}", heldout=1)
+    done = run_prepare(tmp_path, source=_user_file(tmp_path, name, BAD), heldout=1)
     assert_one_line_error(tmp_path, done, *needles)
+
+
+def test_duplicates_can_be_an_error(tmp_path):
+    done = run_prepare(tmp_path, source=_user_file(tmp_path, "duplicate.jsonl", BAD), heldout=1, duplicates="error")
+    assert_one_line_error(tmp_path, done, "duplicate.jsonl", "row 3", "duplicate of row 1", "data.duplicates: drop")
+    done = run_prepare(tmp_path, source="data/raw/duplicate.jsonl", heldout=1, duplicates="keep")
+    assert_one_line_error(tmp_path, done, "data.duplicates", "'drop' or 'error'")
+
+
+def test_duplicates_are_dropped_and_counted_by_default(tmp_path):
+    ok(run_prepare(tmp_path, source=_user_file(tmp_path, "duplicate.jsonl", BAD), heldout=1))
+    rows = read(tmp_path, "train.jsonl") + read(tmp_path, "heldout.jsonl")
+    assert len(rows) == len(load_pairs(BAD / "duplicate.jsonl")) - 1
+    assert metrics(tmp_path)["duplicates_dropped"] == 1
 
 
 def test_unknown_source_name(tmp_path):
     # A typo for "grammar" is taken as a file path.
-    assert_one_line_error(tmp_path, run_prepare(tmp_path, source="grammer"), "grammer")
+    assert_one_line_error(tmp_path, run_prepare(tmp_path, source="grammer"), "grammer", "data/raw/")
 
 
 def test_dataset_file_that_does_not_exist(tmp_path):
-    done = run_prepare(tmp_path, source="data/preferences/missing.jsonl")
-    assert_one_line_error(tmp_path, done, "data/preferences/missing.jsonl", "not found")
+    done = run_prepare(tmp_path, source="data/raw/missing.jsonl")
+    assert_one_line_error(tmp_path, done, "data/raw/missing.jsonl", "not found")
+
+
+@pytest.mark.parametrize("where, needles", [
+    ("userdata/pairs.jsonl", ["'userdata/pairs.jsonl' is not under data/raw/", "git mv userdata/pairs.jsonl "
+                              "data/raw/pairs.jsonl", "data.source: data/raw/pairs.jsonl"]),
+    ("{outside}/pairs.jsonl", ["is not under data/raw/", "dvc add data/raw/pairs.jsonl", "dvc import-url"]),
+    ("../pairs.jsonl", ["is not under data/raw/", "dvc import-url ../pairs.jsonl data/raw/pairs.jsonl"]),
+])
+def test_a_source_dvc_would_not_track_is_refused(tmp_path, where, needles):
+    """The bug of the issue: a dataset outside data/raw/ was no DVC dependency, so edits to it changed nothing."""
+    repo = tmp_path / "repo"
+    source = where.format(outside=tmp_path / "elsewhere")
+    file = (repo / source).resolve()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DATASETS / "pairs.jsonl", file)
+    assert_one_line_error(repo, run_prepare(repo, source=source, heldout=1), *needles)
+
+
+def test_hub_source_says_to_fetch_it_first(tmp_path):
+    done = run_prepare(tmp_path, source="hf:trl-lib/ultrafeedback_binarized")
+    assert_one_line_error(tmp_path, done, "python stages/fetch_hub.py trl-lib/ultrafeedback_binarized", "data/raw/")
 
 
 @pytest.mark.parametrize("heldout", [3, 4, 0])
@@ -132,9 +171,9 @@ def test_label_noise_out_of_range(tmp_path):
     assert_one_line_error(tmp_path, done, "data.label_noise")
 
 
-def test_max_chars_that_drops_everything(tmp_path):
-    done = run_prepare(tmp_path, pairs=20, heldout=5, sft_demos=10, gold_prompts=10, max_chars=10)
-    assert_one_line_error(tmp_path, done, "data.max_chars")
+def test_max_length_that_drops_everything(tmp_path):
+    done = run_prepare(tmp_path, model={"max_length": 10}, pairs=20, heldout=5, sft_demos=10, gold_prompts=10)
+    assert_one_line_error(tmp_path, done, "model.max_length")
 
 
 @pytest.mark.parametrize("key, value, needle", [
@@ -185,32 +224,39 @@ def test_label_noise_swaps_exactly_that_fraction_of_training_pairs(tmp_path):
     assert not any("label_swapped" in r for r in read(noisy, "heldout.jsonl"))
 
 
-def test_rows_longer_than_max_chars_are_dropped_and_counted(tmp_path):
-    sizes = dict(pairs=200, heldout=20, sft_demos=20, gold_prompts=20)
-    ok(run_prepare(tmp_path / "all", **sizes))
-    rows = read(tmp_path / "all", "train.jsonl") + read(tmp_path / "all", "heldout.jsonl")
-    length = lambda r: len(r["prompt"]) + max(len(r["chosen"]), len(r["rejected"]))  # noqa: E731
-    limit = sorted(map(length, rows))[150]  # keeps about 150 of 200
-    too_long = sum(length(r) > limit for r in rows)
-    assert 10 < too_long < 60
+def test_sharegpt_file_fitted_to_the_budget_with_every_cut_counted(tmp_path):
+    """Multi-turn prompts with system messages, long rows and duplicates (tests/fixtures/datasets/sharegpt.json):
+    with a 300-token scratch vocabulary (about 1.3 bytes a token) and max_length 600, the 4,000-byte answer is
+    dropped, the long conversation loses its oldest turns (keeping its system message and last question), the
+    3,400-byte single question loses tokens from the left, and the two exact duplicates go."""
+    from preftune.modeling import load_tokenizer
 
-    ok(run_prepare(tmp_path / "cut", max_chars=limit, **sizes))
-    kept = read(tmp_path / "cut", "train.jsonl") + read(tmp_path / "cut", "heldout.jsonl")
-    assert len(kept) == 200 - too_long
-    assert all(length(r) <= limit for r in kept)
-    assert metrics(tmp_path / "cut")["dropped_too_long"] == too_long
-    assert metrics(tmp_path / "all")["dropped_too_long"] == 0
+    source = _user_file(tmp_path, "sharegpt.json")
+    ok(run_prepare(tmp_path, model={"max_length": 600, "vocab_size": 300}, source=source, heldout=2))
+    m = metrics(tmp_path)
+    assert m["duplicates_dropped"] == 2
+    assert m["length"] == {"max_length": 600, "dropped_response_too_long": 1,
+                           "prompt_turns_dropped": 1, "prompt_tokens_cut": 1}
+    rows = read(tmp_path, "train.jsonl") + read(tmp_path, "heldout.jsonl")
+    assert len(rows) == 12 - 2 - 1 and m["pairs"]["train"] + m["pairs"]["heldout"] == 9
+    tokenizer = load_tokenizer(str(tmp_path / "data" / "prepared" / "tokenizer"))
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    for r in rows:
+        assert count(r["prompt"]) + max(count(r["chosen"]), count(r["rejected"])) + 1 <= 600
+    summary = next(r for r in rows if r["chosen"] == " Yes.\n")
+    assert summary["prompt"].startswith("system: You summarise long discussions.\nuser: ")
+    assert summary["prompt"].endswith("user: So, in one word: yes or no?\nassistant:")
+    assert "(part 1)" not in summary["prompt"]
+    cut = next(r for r in rows if r["chosen"] == " He and I are here.\n")
+    assert cut["prompt"].endswith("Now fix: 'me and him is here'.\nassistant:") and not cut["prompt"].startswith("user:")
+    assert count(cut["prompt"]) >= 600 - 30  # cut to what the answer leaves, not further
+    assert "messages" not in cut
 
 
-def test_long_rows_of_a_user_dataset_are_dropped(tmp_path):
-    rows = [{"prompt": f"Fix the grammar: sentence {i} go.", "chosen": f" Sentence {i} goes.",
-             "rejected": f" Sentence {i} go."} for i in range(4)]
-    rows[2]["rejected"] = " " + "blah " * 100
-    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    ok(run_prepare(tmp_path, source="prefs.jsonl", heldout=1, max_chars=200))
-    kept = read(tmp_path, "train.jsonl") + read(tmp_path, "heldout.jsonl")
-    assert sorted(r["prompt"] for r in kept) == sorted(r["prompt"] for i, r in enumerate(rows) if i != 2)
-    assert metrics(tmp_path)["dropped_too_long"] == 1
+def test_grammar_task_fits_the_default_budget_untouched(tmp_path):
+    ok(run_prepare(tmp_path, pairs=200, heldout=20, sft_demos=20, gold_prompts=20))
+    assert metrics(tmp_path)["length"] == {"max_length": 128, "dropped_response_too_long": 0,
+                                           "prompt_turns_dropped": 0, "prompt_tokens_cut": 0}
 
 
 def test_grammar_task_runs_for_another_seed(tmp_path):

@@ -30,7 +30,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def write_json(path: str | Path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def split_by_prompt(rows: list[dict], n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
@@ -80,14 +82,17 @@ def swap_labels(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict
     return out, n_swap
 
 
-def drop_long_rows(rows: list[dict], max_chars: int) -> tuple[list[dict], int]:
-    """Drop pairs whose prompt plus longer response exceeds max_chars characters.
-
-    Dropping (not truncating) keeps every kept response whole, so a judge never compares a cut-off
-    answer; the number dropped goes into metrics/prepare.json.
-    """
-    kept = [r for r in rows if len(r["prompt"]) + max(len(r["chosen"]), len(r["rejected"])) <= max_chars]
-    return kept, len(rows) - len(kept)
+def find_duplicates(rows: list[dict]) -> list[tuple[int, int]]:
+    """(index, index of its first occurrence) for every row whose prompt, chosen and rejected repeat an earlier row."""
+    first: dict[tuple, int] = {}
+    repeats = []
+    for i, row in enumerate(rows):
+        key = (row["prompt"], row["chosen"], row["rejected"])
+        if key in first:
+            repeats.append((i, first[key]))
+        else:
+            first[key] = i
+    return repeats
 
 
 def length_stats(rows: list[dict]) -> dict:

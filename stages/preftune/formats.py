@@ -1,7 +1,8 @@
 """Load preference datasets into rows {"prompt": str, "chosen": str, "rejected": str}, or fail with one line.
 
-Files (YAML, JSONL, JSON, CSV, Parquet) and Hub splits all go through normalize_rows(), so both are
-checked by the same rules and come out in the same shape, in source order. Rows follow TRL's
+Files (YAML, JSONL, JSON, CSV, Parquet) all go through normalize_rows(), so all are checked by the
+same rules and come out in the same shape, in source order (Hub splits are saved as JSONL files first:
+stages/fetch_hub.py). Rows follow TRL's
 preference-dataset conventions:
 
     explicit prompt   {"prompt": str, "chosen": str, "rejected": str}
@@ -9,6 +10,13 @@ preference-dataset conventions:
     conversational    either of the above with lists of {"role": ..., "content": ...} messages instead of
                       strings; implicit means chosen and rejected are whole conversations whose shared
                       leading messages are the prompt
+
+and LLaMA-Factory's two preference layouts, turned into conversational rows:
+
+    ShareGPT          {"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...],
+                       "chosen": {"from": "gpt", "value": str}, "rejected": {...}, optional "system": str}
+    Alpaca            {"instruction": str, "input": str (optional), "chosen": str, "rejected": str,
+                       optional "system": str}: the user turn is instruction + "\n" + input
 
 Implicit text prompt: the longest common prefix of chosen and rejected, cut back to the start of its last
 run of whitespace (spaces, tabs or newlines). So no word is split between prompt and response, the prompt
@@ -19,6 +27,10 @@ Conversations are rendered with render_messages(messages, add_generation_prompt)
 wrapper around the tokenizer's chat template), else with render_plain(). A response is whatever the full
 conversation adds to the generation prompt: render(prompt + response, False) minus render(prompt, True).
 So prompt + response is exactly the text the model sees, whatever the template puts between turns.
+Conversational rows keep their messages under "messages" so that prepare can drop whole turns of a prompt
+that is too long and render the pair again (render_pair).
+
+Exact duplicates are left in: prepare drops or refuses them (data.duplicates), counting them.
 
 Errors are DataError with one line: "<source>: row <n>: field '<field>': <what is wrong>; <what to do>",
 rows numbered from 1 in file order (CSV: data rows, header excluded; JSONL: blank lines not counted).
@@ -66,22 +78,6 @@ def load_pairs(path: str | os.PathLike, fmt: str | None = None,
     return normalize_rows(reader(path), path, render_messages)
 
 
-def load_hub_pairs(name: str, split: str, render_messages: RenderMessages | None = None) -> list[dict]:
-    """Load a Hugging Face Hub dataset split and return rows validated exactly like load_pairs()."""
-    try:
-        import datasets  # An optional extra: only Hub users need it, and it is slow to import.
-    except ImportError:
-        raise DataError(f"{name}: loading a Hub dataset needs the 'datasets' package, which is not installed; "
-                        f"run {HUB_INSTALL_HINT}") from None
-    source = f"{name}[{split}]"
-    try:
-        rows = datasets.load_dataset(name, split=split)
-    except Exception as err:  # The Hub client raises many unrelated types (network, auth, unknown split).
-        raise DataError(f"{source}: could not load it from the Hub ({_one_line(err)}); "
-                        "check the dataset name, the split and the network") from err
-    return normalize_rows(rows, source, render_messages)
-
-
 def normalize_rows(rows: Iterable, source: str, render_messages: RenderMessages | None = None) -> list[dict]:
     """Validate raw rows (mappings in any supported layout) and return them as plain-text prompt/chosen/rejected.
 
@@ -89,7 +85,6 @@ def normalize_rows(rows: Iterable, source: str, render_messages: RenderMessages 
     """
     render = render_messages or render_plain
     pairs = []
-    first_seen = {}  # pair -> its row number, so a duplicate can point at the row it repeats
     for n, row in enumerate(rows, 1):
         if not isinstance(row, Mapping):
             raise DataError(f"{source}: row {n}: expected a mapping with 'chosen' and 'rejected' fields, "
@@ -98,11 +93,6 @@ def normalize_rows(rows: Iterable, source: str, render_messages: RenderMessages 
             pair = _normalize_row(row, render)
         except _BadField as bad:
             raise DataError(f"{source}: row {n}: field '{bad.field}': {bad.problem}; {bad.fix}") from None
-        key = (pair["prompt"], pair["chosen"], pair["rejected"])
-        if key in first_seen:
-            raise DataError(f"{source}: row {n}: field 'prompt': duplicate of row {first_seen[key]} (same prompt, "
-                            "chosen and rejected); drop one of the two rows")
-        first_seen[key] = n
         pairs.append(pair)
     if not pairs:
         raise DataError(f"{source}: no rows; add at least one row with 'chosen' and 'rejected' (and usually 'prompt')")
@@ -128,6 +118,10 @@ class _BadField(Exception):
 
 
 def _normalize_row(row: Mapping, render: RenderMessages) -> dict:
+    if "conversations" in row:
+        row = _from_sharegpt(row)
+    elif "instruction" in row:
+        row = _from_alpaca(row)
     for field in ("chosen", "rejected"):
         if field not in row:
             raise _BadField(field, "missing", "every row needs 'chosen' and 'rejected' (and usually 'prompt')")
@@ -191,12 +185,69 @@ def _render_conversation(values: dict, render: RenderMessages) -> dict:
         prompt, chosen, rejected = values["prompt"], values["chosen"], values["rejected"]
     else:
         prompt, chosen, rejected = _split_shared_messages(values["chosen"], values["rejected"])
-    prompt_text = render(prompt, True)
+    if prompt[-1]["role"] == "assistant":
+        raise _BadField("prompt", "ends with an assistant message", "end the prompt with the user's turn")
+    return render_pair({"prompt": prompt, "chosen": chosen, "rejected": rejected}, render)
+
+
+def render_pair(messages: dict, render: RenderMessages) -> dict:
+    """Text of a conversational pair {"prompt": [...], "chosen": [...], "rejected": [...]}: the prompt with the
+    generation prompt, each response as what the full conversation adds to it; the messages are kept."""
+    prompt_text = render(messages["prompt"], True)
     return {
         "prompt": prompt_text,
-        "chosen": _render_response("chosen", prompt, prompt_text, chosen, render),
-        "rejected": _render_response("rejected", prompt, prompt_text, rejected, render),
+        "chosen": _render_response("chosen", messages["prompt"], prompt_text, messages["chosen"], render),
+        "rejected": _render_response("rejected", messages["prompt"], prompt_text, messages["rejected"], render),
+        "messages": messages,
     }
+
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def _from_sharegpt(row: Mapping) -> dict:
+    turns = row["conversations"]
+    if not isinstance(turns, list) or not turns:
+        raise _BadField("conversations", f"expected a non-empty list of {{from, value}} turns, got {_describe(turns)}",
+                        "write the prompt turns as [{from: human, value: ...}, ...]")
+    messages = []
+    if row.get("system") is not None:
+        messages.append(_sharegpt_message("system", {"from": "system", "value": row["system"]}))
+    messages += [_sharegpt_message(f"conversations[{i}]", turn) for i, turn in enumerate(turns, 1)]
+    out = {"prompt": messages}
+    for field in ("chosen", "rejected"):
+        if field in row:
+            out[field] = [_sharegpt_message(field, row[field])]
+            if out[field][0]["role"] != "assistant":
+                raise _BadField(field, f"from '{row[field]['from']}', expected an answer from 'gpt'",
+                                "make chosen and rejected {from: gpt, value: ...}")
+    return out
+
+
+def _sharegpt_message(field: str, turn) -> dict:
+    if not isinstance(turn, Mapping) or "from" not in turn or "value" not in turn:
+        raise _BadField(field, f"expected {{from, value}}, got {_describe(turn)}", "write it as {from: gpt, value: ...}")
+    role = SHAREGPT_ROLES.get(turn["from"]) if isinstance(turn["from"], str) else None
+    if role is None:
+        raise _BadField(field, f"unsupported 'from' {turn['from']!r}",
+                        f"use one of {', '.join(SHAREGPT_ROLES)} (tool turns are not supported)")
+    return {"role": role, "content": turn["value"]}
+
+
+def _from_alpaca(row: Mapping) -> dict:
+    parts = [row["instruction"], row.get("input")]
+    for name, value in zip(("instruction", "input"), parts):
+        if value is not None and not isinstance(value, str):
+            raise _BadField(name, f"expected text, got {_describe(value)}", "quote the value so it is read as a string")
+    prompt = [{"role": "user", "content": "\n".join(p for p in parts if p)}]
+    if row.get("system"):
+        prompt.insert(0, {"role": "system", "content": row["system"]})
+    out = {"prompt": prompt}
+    for field in ("chosen", "rejected"):
+        if field in row:
+            value = row[field]
+            out[field] = [{"role": "assistant", "content": value}] if isinstance(value, str) else value
+    return out
 
 
 def _split_shared_messages(chosen: list, rejected: list) -> tuple[list, list, list]:

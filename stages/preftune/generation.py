@@ -11,12 +11,22 @@ from .task import is_correct
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 64,
-                     sample: bool = False, seed: int = 0, desc: str = "generate") -> list[str]:
-    """One answer per prompt: greedy by default, or sampled at temperature 1 (seeded per batch)."""
+                     sample: bool = False, seed: int = 0, desc: str = "generate", max_length: int | None = None,
+                     stats: dict | None = None) -> list[str]:
+    """One answer per prompt: greedy by default, or sampled at temperature 1 (seeded per batch).
+
+    With `max_length`, prompt + answer stay within it as in training: a longer prompt keeps its last
+    max_length - max_new_tokens tokens, and `stats["prompts_truncated"]` counts those prompts.
+    """
     model.eval()
     device = next(model.parameters()).device
-    # Sorting by length keeps left padding short; answers are put back in prompt order at the end.
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if max_length is not None:
+        keep = max(max_length - max_new_tokens, 1)
+        if stats is not None:
+            stats["prompts_truncated"] = stats.get("prompts_truncated", 0) + sum(len(ids) > keep for ids in encoded)
+        encoded = [ids[-keep:] for ids in encoded]
+    # Sorting by length keeps left padding short; answers are put back in prompt order at the end.
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     by_index = {}
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):

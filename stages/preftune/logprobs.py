@@ -1,23 +1,67 @@
-"""Log-probabilities of responses under a causal LM: the one place where logits become log-probs."""
+"""Log-probabilities of responses under a causal LM: the one place where logits become log-probs.
+
+The vocabulary projection is where memory goes: batch x length x vocabulary floats (805 MB for 16 x 256
+tokens of a 49k vocabulary), kept again by log-softmax for the backward pass. So we never build it whole.
+The model runs with `logits_to_keep=1` and returns its final hidden states; the output head is applied
+only at response positions (prompt positions are masked out anyway), `chunk_tokens` positions at a time,
+and each chunk is checkpointed, so the backward pass recomputes one chunk's logits instead of storing all
+of them. log p(token) = logit(token) - logsumexp(logits), in fp32 whatever the model's dtype.
+"""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+CHUNK_TOKENS = 1024  # positions per chunk: 1024 x 49,152 fp32 logits = 201 MB at most, at any vocabulary size
 
 
-def token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_logps(head, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = head(hidden).float()
+    if softcap:  # Gemma-2 style final-logit soft-capping, applied by the model's own forward
+        logits = softcap * torch.tanh(logits / softcap)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper forwards kwargs
+    return "logits_to_keep" in inspect.signature(core.forward).parameters
+
+
+def token_logprobs(model, batch: dict[str, torch.Tensor],
+                   chunk_tokens: int = CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log p(response token | everything before it), and the mask of response tokens.
 
-    Both are (B, T-1): position t scores token t+1. Log-softmax runs in fp32 whatever the model's
-    dtype, because half-precision log-probs of a 50k vocabulary lose the differences DPO needs.
+    Both are (B, T-1): position t scores token t+1; off the response the log-prob is 0.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1, :].float()
     targets = batch["input_ids"][:, 1:]
     mask = batch["response_mask"][:, 1:]
-    logps = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)
-    return logps * mask, mask
+    if not _accepts_logits_to_keep(model):  # an architecture without the option: the plain computation
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        logps = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)
+        return logps * mask, mask
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                logits_to_keep=1, output_hidden_states=True)
+    hidden = out.hidden_states[-1][:, :-1]  # after the final norm: what the output head reads
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = core.get_output_embeddings()
+    softcap = getattr(core.config, "final_logit_softcapping", None)
+    where = mask.nonzero(as_tuple=True)
+    h, t = hidden[where], targets[where]
+    pieces = []
+    for start in range(0, len(t), chunk_tokens):
+        args = (head, h[start:start + chunk_tokens], t[start:start + chunk_tokens], softcap)
+        if torch.is_grad_enabled():  # keep only the chunk's inputs; its logits are rebuilt in backward
+            pieces.append(checkpoint(_chunk_logps, *args, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logps(*args))
+    flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    logps = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
+    logps = logps.index_put(where, flat)  # out of place: autograd carries the gradient back to the chunks
+    return logps, mask
 
 
 def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

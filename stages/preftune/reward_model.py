@@ -1,7 +1,8 @@
 """Bradley-Terry reward model: the SFT backbone with a scalar head, trained on preference pairs.
 
-Sequences are right-padded and end in EOS; the classifier reads the last non-pad token, which is
-that EOS because PAD is a different token. Scores then do not depend on how much padding a batch has.
+Sequences are right-padded and end in EOS. The scalar head reads the hidden state at the last real
+token, found from the attention mask's lengths (not from pad ids, which may equal EOS in a pretrained
+tokenizer), so scores do not depend on how much padding a batch has.
 """
 
 from __future__ import annotations
@@ -25,15 +26,18 @@ def load_reward_model(path: str, trust_remote_code: bool = False):
 
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32)
-    if model.config.pad_token_id is None:
-        raise ValueError(f"{path}: config has no pad_token_id; the classifier could not find the last token")
+    if not isinstance(getattr(model, "score", None), torch.nn.Module) or model.base_model is model:
+        raise ValueError(f"{path}: {type(model).__name__} has no backbone + `score` head; "
+                         "use a causal LM whose sequence-classification class follows that layout")
     return model
 
 
 def score(model, sequences, pad_id: int, device) -> torch.Tensor:
-    """Rewards (B,) for encoded sequences, in one forward."""
+    """Rewards (B,) for encoded sequences, in one forward: the head at each sequence's last real token."""
     batch = to_device(collate(sequences, pad_id), device)
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    last = batch["attention_mask"].sum(-1) - 1
+    return model.score(hidden[torch.arange(len(sequences), device=hidden.device), last]).squeeze(-1).float()
 
 
 @torch.no_grad()
@@ -99,7 +103,7 @@ def train_reward_model(model, tokenizer, train: list[dict], heldout: list[dict],
         if live is not None:
             log_metrics(live, metrics)
             live.next_step()
-    return metrics
+    return {**metrics, **encode.stats()}
 
 
 def gold_agreement(model, tokenizer, policy, gold: list[dict], max_length: int, n_prompts: int, samples: int,
@@ -114,7 +118,8 @@ def gold_agreement(model, tokenizer, policy, gold: list[dict], max_length: int, 
 
     records = random.Random(seed).sample(gold, min(n_prompts, len(gold)))
     prompts = [r["prompt"] for r in records for _ in range(samples)]
-    answers = generate_answers(policy, tokenizer, prompts, sample=True, seed=seed, desc="judge test answers")
+    answers = generate_answers(policy, tokenizer, prompts, sample=True, seed=seed, desc="judge test answers",
+                               max_length=max_length)
     encode = Encoder(tokenizer, max_length)
     rewards = score_texts(model, encode, prompts, answers, device)
     agree = total = 0
