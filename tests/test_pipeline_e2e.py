@@ -313,3 +313,35 @@ def test_remote_push_pull_and_run_cache(pipeline):
     first_lock = git("show", f"{pipeline.first_commit}:dvc.lock", cwd=repo).stdout
     assert lock_outs((fresh / "dvc.lock").read_text(), "dpo") == lock_outs(first_lock, "dpo")
     assert status_json(fresh) == {}
+
+
+def test_user_dataset_in_data_raw_is_a_dependency(pipeline):
+    """The promise for a user's own data: a dataset under data/raw/ (here `dvc add`ed) feeds prepare, and
+    appending one row makes `dvc status` report prepare and `dvc repro` rerun it and everything it feeds."""
+    base = pipeline.base
+    repo = base / "userdata"
+    git("clone", "-q", str(pipeline.repo), str(repo), cwd=base)
+    rows = [{"prompt": f"Fix the grammar: {who} {verb} home.\nAnswer:", "chosen": f" {who} {good} home.",
+             "rejected": f" {who} {verb} home."}
+            for who in ("She", "He", "It", "Anna", "Omar", "The dog", "My friend", "Our teacher")
+            for verb, good in (("go", "goes"), ("walk", "walks"), ("run", "runs"), ("drive", "drives"))]
+    raw = repo / "data" / "raw" / "prefs.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]), encoding="utf-8")
+    dvc("add", "data/raw/prefs.jsonl", cwd=repo)
+    edit_params(repo, data={"source": "data/raw/prefs.jsonl", "heldout": 6})
+    first = dvc("repro", cwd=repo)
+    assert stages_run(first) == set(STAGES), output(first)
+    assert json.loads((repo / "metrics" / "prepare.json").read_text())["pairs"] == {"train": 25, "heldout": 6}
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "user dataset", cwd=repo)
+    assert_clean(repo)
+
+    with open(raw, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rows[-1]) + "\n")
+    status = status_json(repo)
+    assert {"changed deps": {"data/raw": "modified"}} in status["prepare"], status
+    dvc("add", "data/raw/prefs.jsonl", cwd=repo)  # record the new version, as a user does after an edit
+    again = dvc("repro", cwd=repo)
+    assert stages_run(again) == set(STAGES), output(again)  # a new pair: new tokenizer, new everything
+    assert json.loads((repo / "metrics" / "prepare.json").read_text())["pairs"] == {"train": 26, "heldout": 6}
+    assert status_json(repo) == {}

