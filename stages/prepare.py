@@ -39,9 +39,11 @@ def built_in_task(seed: int, cfg: dict) -> tuple[list[dict], list[dict], list[di
 def check_source(source: str) -> None:
     """A dataset must live under data/raw/, the folder dvc.yaml tracks; anywhere else DVC would not see it change."""
     if source.startswith("hf:"):
+        name, _, split = source[3:].partition(":")
         raise ConfigError(f"params.yaml: data.source: '{source}': Hub datasets are fetched once so that runs stay "
-                          f"offline and tracked: run `python stages/fetch_hub.py {source[3:]}` (network and "
-                          f"pip install '.[hub]' needed) and set data.source to the file it writes under {RAW}/")
+                          f"offline and tracked: run `python stages/fetch_hub.py {name} --split {split or 'train'}` "
+                          f"(network and pip install '.[hub]' needed) and set data.source to the file it writes "
+                          f"under {RAW}/")
     path = os.path.normpath(source)
     inside = not os.path.isabs(path) and not path.startswith("..")
     if inside and (path + os.sep).startswith(RAW + os.sep):

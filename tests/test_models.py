@@ -15,7 +15,7 @@ from preftune import modeling
 from preftune.batching import Encoder, Sequence, collate, left_pad
 from preftune.errors import ConfigError
 from preftune.generation import generate_answers
-from preftune.logprobs import sequence_logprobs, token_logprobs
+from preftune.logprobs import full_vocab_token_logprobs, sequence_logprobs, token_logprobs
 from preftune.reward_model import load_reward_model, score
 
 CPU = torch.device("cpu")
@@ -270,13 +270,6 @@ def test_reward_score_with_pad_equal_to_eos_reads_the_same_last_token(base_model
 
 # --- log-probs chunk by chunk ----------------------------------------------------------------------------
 
-def plain_token_logprobs(model, batch):
-    """The computation the chunked one replaces: full logits, a full fp32 log-softmax, then gather."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    targets, mask = batch["input_ids"][:, 1:], batch["response_mask"][:, 1:]
-    return torch.gather(F.log_softmax(logits, -1), 2, targets.unsqueeze(-1)).squeeze(-1) * mask
-
-
 def tiny_llama(vocab: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -296,12 +289,12 @@ def test_chunked_logprobs_equal_the_plain_computation_in_value_and_gradient(mode
                 p.normal_(0, 0.1)
     batch = collate(pair_sequences, tok.pad_token_id)
     grads = []
-    for compute in (plain_token_logprobs, lambda m, b: token_logprobs(m, b, chunk_tokens=chunk)[0]):
+    for compute in (full_vocab_token_logprobs, lambda m, b: token_logprobs(m, b, chunk_tokens=chunk)[0]):
         net.zero_grad(set_to_none=True)
         logps = compute(net, batch)
         (logps.sum(-1) * torch.linspace(1, 2, len(pair_sequences))).sum().backward()
         grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad})
-        if compute is plain_token_logprobs:
+        if compute is full_vocab_token_logprobs:
             expected = logps.detach()
         else:
             torch.testing.assert_close(logps.detach(), expected, atol=2e-5, rtol=1e-5)
@@ -326,7 +319,7 @@ def test_chunked_logprobs_never_build_the_whole_vocabulary_projection(tok, pair_
     assert max(saved) < full / 4, (max(saved), full)
     saved.clear()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        plain_token_logprobs(net, batch).sum().backward()
+        full_vocab_token_logprobs(net, batch).sum().backward()
     assert max(saved) >= full * 0.9  # the check would have caught the plain computation
 
 

@@ -189,6 +189,20 @@ def test_full_run_outputs(pipeline):
     assert_git_clean(repo)
 
 
+def test_artifacts_get_fetches_the_merged_model(pipeline):
+    """Another project fetches the trained policy by name (dvc.yaml `artifacts:`) and loads it with plain
+    transformers: the LoRA adapter is merged in, so no peft is needed."""
+    from transformers import AutoModelForCausalLM
+
+    target = pipeline.base / "consumer" / "dpo-model"
+    target.parent.mkdir()
+    dvc("artifacts", "get", str(pipeline.repo), "dpo-model", "-o", str(target), cwd=target.parent)
+    assert (target / "model.safetensors").is_file() and (target / "adapter" / "adapter_config.json").is_file()
+    assert not (target / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(str(target))
+    assert type(model).__name__ == "GPT2LMHeadModel"
+
+
 def test_nothing_to_do(pipeline):
     repo = pipeline.repo
     status = dvc("status", cwd=repo)

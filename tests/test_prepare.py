@@ -152,7 +152,30 @@ def test_a_source_dvc_would_not_track_is_refused(tmp_path, where, needles):
 
 def test_hub_source_says_to_fetch_it_first(tmp_path):
     done = run_prepare(tmp_path, source="hf:trl-lib/ultrafeedback_binarized")
-    assert_one_line_error(tmp_path, done, "python stages/fetch_hub.py trl-lib/ultrafeedback_binarized", "data/raw/")
+    assert_one_line_error(tmp_path, done, "python stages/fetch_hub.py trl-lib/ultrafeedback_binarized --split train",
+                          "data/raw/")
+
+
+def test_fetched_hub_split_is_a_pinned_file_under_data_raw(tmp_path, monkeypatch):
+    """The Hub cannot be reached here, so `datasets` and `huggingface_hub` are stand-ins; what is real is
+    the file fetch_hub writes and prepare reading it as any other dataset."""
+    import types
+
+    import fetch_hub
+
+    calls = []
+    rows = [{"prompt": f"Fix: he go {i}.", "chosen": f"He goes {i}.", "rejected": f"He go {i}.", "score": i}
+            for i in range(5)]
+    fake_datasets = types.SimpleNamespace(load_dataset=lambda name, split, revision: calls.append(revision) or rows)
+    api = types.SimpleNamespace(dataset_info=lambda name: types.SimpleNamespace(sha="0123456789abcdef" * 2 + "01234567"))
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(HfApi=lambda: api))
+    monkeypatch.chdir(tmp_path)
+    path = fetch_hub.fetch("org/prefs", "train", None)
+    assert path == "data/raw/org__prefs-train-0123456789ab.jsonl" and calls == ["0123456789abcdef" * 2 + "01234567"]
+    assert fetch_hub.fetch("org/prefs", "test", "feedface") == "data/raw/org__prefs-test-feedface.jsonl"
+    ok(run_prepare(tmp_path, source=path, heldout=1))
+    assert len(read(tmp_path, "train.jsonl")) == 4
 
 
 @pytest.mark.parametrize("heldout", [3, 4, 0])

@@ -26,6 +26,14 @@ def _chunk_logps(head, hidden: torch.Tensor, targets: torch.Tensor, softcap: flo
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def full_vocab_token_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The plain computation: all logits, a full fp32 log-softmax, then gather (B, T-1), zero off the response.
+    For architectures without `logits_to_keep`, and the baseline the chunked path is tested and measured against."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets, mask = batch["input_ids"][:, 1:], batch["response_mask"][:, 1:]
+    return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1) * mask
+
+
 def _accepts_logits_to_keep(model) -> bool:
     core = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper forwards kwargs
     return "logits_to_keep" in inspect.signature(core.forward).parameters
@@ -39,10 +47,8 @@ def token_logprobs(model, batch: dict[str, torch.Tensor],
     """
     targets = batch["input_ids"][:, 1:]
     mask = batch["response_mask"][:, 1:]
-    if not _accepts_logits_to_keep(model):  # an architecture without the option: the plain computation
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        logps = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)
-        return logps * mask, mask
+    if not _accepts_logits_to_keep(model):  # an architecture without the option
+        return full_vocab_token_logprobs(model, batch), mask
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 logits_to_keep=1, output_hidden_states=True)
     hidden = out.hidden_states[-1][:, :-1]  # after the final norm: what the output head reads

