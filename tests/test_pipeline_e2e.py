@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from plots_page import charts_in, declared_plots, div_id, dump_dom, field_values, find_chromium, revs, screenshot
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -359,3 +360,108 @@ def test_user_dataset_in_data_raw_is_a_dependency(pipeline):
     assert stages_run(again) == set(STAGES), output(again)  # a new pair: new tokenizer, new everything
     assert json.loads((repo / "metrics" / "prepare.json").read_text())["pairs"] == {"train": 26, "heldout": 6}
     assert status_json(repo) == {}
+
+
+# --- the plots page in a browser, offline ---------------------------------------------------------------------
+
+SCREENSHOTS = ROOT / "tests" / "screenshots"  # git-ignored: for a person to look at after the run
+PLOT_REVS = {"beta-0.1": "first_commit", "beta-0.2": "beta_commit"}
+
+
+def require_chromium() -> None:
+    if find_chromium() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed; .ci/run installs it on CI")
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); the browser checks need it")
+
+
+def plots_page(repo: Path, out: Path, *args: str) -> Path:
+    """`dvc plots <args> -o out` and the page it wrote."""
+    proc = dvc("plots", *args, "-o", str(out), cwd=repo)
+    page = out / "index.html"
+    assert page.is_file(), output(proc)
+    return page
+
+
+def assert_every_chart_drew(repo: Path, page: Path, expected_revs: set[str]) -> dict:
+    """Every plot dvc.yaml declares is on the page, drawn offline: an SVG with marks from each revision."""
+    charts, images = declared_plots(repo / "dvc.yaml")
+    ids = set(charts) | {div_id(path) for path in images}
+    drawn = charts_in(dump_dom(page), ids)
+    for plot_id, props in charts.items():
+        chart = drawn[plot_id]
+        assert chart.embed == "ok", f"{plot_id}: the chart did not render in {page} (data-embed={chart.embed!r})"
+        assert chart.svg and chart.marks, f"{plot_id}: no SVG marks drawn in {page}"
+        assert props["title"] in chart.texts, f"{plot_id}: title {props['title']!r} not drawn; texts: {chart.texts}"
+        assert revs(chart) == expected_revs, f"{plot_id}: marks of revisions {revs(chart)}, expected {expected_revs}"
+    for path in images:
+        chart = drawn[div_id(path)]
+        assert len(chart.images) == len(expected_revs), f"{path}: {chart.images} in {page}"
+        for src in chart.images:
+            assert (page.parent / src).stat().st_size > 0, f"{path}: {src} missing next to {page}"
+    return drawn
+
+
+def tag_plot_revs(pipeline: Pipeline) -> None:
+    pipeline.beta_commit()
+    for tag, attr in PLOT_REVS.items():
+        commit = pipeline.first_commit if attr == "first_commit" else pipeline.beta_commit()["commit"]
+        git("tag", "-f", tag, commit, cwd=pipeline.repo)
+
+
+def test_plots_show_offline_in_chromium(pipeline, tmp_path):
+    require_chromium()
+    repo = pipeline.repo
+    page = plots_page(repo, tmp_path / "show", "show")
+    html = page.read_text(encoding="utf-8")
+    assert "cdn.jsdelivr.net" not in html and "<script src=" not in html, "the page still loads scripts from the web"
+    assert_every_chart_drew(repo, page, {"workspace"})
+    screenshot(page, SCREENSHOTS / "plots_show.png")
+
+    # The same page with DVC's default template, which loads Vega from a CDN, draws nothing here: the browser
+    # really has no network, so the charts above drew from the inlined libraries.
+    from dvc_render.html import PAGE_HTML
+    default_template = tmp_path / "default_template.html"
+    default_template.write_text(PAGE_HTML, encoding="utf-8")
+    cdn_page = plots_page(repo, tmp_path / "cdn", "show", "--html-template", str(default_template))
+    assert "cdn.jsdelivr.net" in cdn_page.read_text(encoding="utf-8")
+    charts, _ = declared_plots(repo / "dvc.yaml")
+    drawn = charts_in(dump_dom(cdn_page), set(charts))
+    assert not any(c.svg or c.marks for c in drawn.values()), "a CDN page drew charts: is the network really off?"
+
+
+def test_plots_diff_two_betas_in_chromium(pipeline, tmp_path):
+    require_chromium()
+    repo = pipeline.repo
+    tag_plot_revs(pipeline)
+    page = plots_page(repo, tmp_path / "diff", "diff", *PLOT_REVS)
+    drawn = assert_every_chart_drew(repo, page, set(PLOT_REVS))
+    # one chart overlays both runs' DPO curves: train and held-out for each beta
+    lines = [m for m in drawn["dpo_loss"].marks if m["mark"] == "line"]
+    assert {(r, f) for m in lines for r in field_values(m, "rev") for f in field_values(m, "filename")} == \
+        {(rev, split) for rev in PLOT_REVS for split in ("train/loss.tsv", "heldout/loss.tsv")}, lines
+    screenshot(page, SCREENSHOTS / "plots_diff_betas.png")
+
+
+def test_plots_diff_two_experiments_in_chromium(pipeline, tmp_path):
+    require_chromium()
+    repo = pipeline.repo
+    pipeline.beta_commit()
+    assert_git_clean(repo)
+    names = {"exp-beta-0.05": 0.05, "exp-beta-0.5": 0.5}
+    try:
+        for name, beta in names.items():
+            run = dvc("exp", "run", "-n", name, "-S", f"dpo.beta={beta}", cwd=repo)
+            assert stages_run(run) == {"dpo", "evaluate"}, output(run)
+            git("checkout", "--", ".", cwd=repo)
+            dvc("checkout", cwd=repo)
+        page = plots_page(repo, tmp_path / "exp", "diff", *names)
+        drawn = assert_every_chart_drew(repo, page, set(names))
+        frontier = drawn["frontier_reward"].marks
+        assert sorted(r for m in frontier for r in field_values(m, "rev")) == sorted(names), frontier
+    finally:
+        git("checkout", "--", ".", cwd=repo)
+        dvc("checkout", cwd=repo)
+        dvc("exp", "remove", "--all-commits", cwd=repo)
+    assert_clean(repo)
+

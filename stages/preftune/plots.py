@@ -1,8 +1,10 @@
-"""PNG plots of a run (matplotlib, no internet needed, unlike `dvc plots show` HTML)."""
+"""Plots of a run: PNGs for READMEs (matplotlib), and the small tables behind the win/tie/loss and frontier
+charts that dvc.yaml declares for `dvc plots show` / `dvc plots diff` (the training curves come from DVCLive)."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import matplotlib
@@ -43,9 +45,36 @@ def training_curves(live_dir: str, names: list[str], title: str, path: Path) -> 
     _save(fig, path)
 
 
+OUTCOMES = ("DPO wins", "tie", "SFT wins")
+
+
+def _write_outcomes(path: Path, counts: tuple[int, int, int]) -> None:
+    n = sum(counts)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["outcome", "share", "count"])
+        for outcome, count in zip(OUTCOMES, counts):
+            writer.writerow([outcome, round(count / n, 6) if n else 0.0, count])
+
+
+def write_plot_data(metrics: dict, out: Path) -> None:
+    """Tables for the DVC plots of dvc.yaml: win/tie/loss shares of DPO vs SFT for each judge, and this run's
+    point on the reward-vs-KL frontier (one row, so `dvc plots diff` across experiments shows one point each)."""
+    _write_outcomes(out / "judge_win_tie_loss.csv", (metrics["wins"], metrics["ties"], metrics["losses"]))
+    point = {k: metrics[k] for k in ("kl_dpo_sft", "reward_mean_dpo", "reward_mean_sft", "win_rate",
+                                     "win_rate_ties_half")}
+    if "gold_n" in metrics:
+        n = metrics["gold_n"]
+        wins, losses = round(metrics["gold_win_rate"] * n), round(metrics["gold_loss_rate"] * n)
+        _write_outcomes(out / "gold_win_tie_loss.csv", (wins, n - wins - losses, losses))
+        point.update({k: metrics[k] for k in ("gold_accuracy_dpo", "gold_accuracy_sft")})
+    (out / "frontier.json").write_text(json.dumps([point], indent=1) + "\n", encoding="utf-8")
+
+
 def render_all(metrics: dict, rewards: dict[str, list[float]], out_dir: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    write_plot_data(metrics, out)
 
     fig, ax = plt.subplots(figsize=(4, 3))
     counts = [metrics["wins"], metrics["ties"], metrics["losses"]]
