@@ -9,7 +9,7 @@ so that load from other processes hits every variant alike; medians over the rep
 
   A  this stage: preftune.preference.PairBatcher.policy_and_reference (chosen and rejected in ONE forward, padded
      to the longest sequence of a length-grouped batch, reference log-probs precomputed by
-     preftune.preference.logprobs_of) + preference_loss('sigmoid') + backward + clip + AdamW step. The one-off
+     preftune.pairs.logprobs_of) + preference_loss('sigmoid') + backward + clip + AdamW step. The one-off
      reference pass is timed too and amortised over 3 epochs of the training pairs.
   B  naive (seed 003 style): every sequence padded to 512 tokens, chosen and rejected in separate forwards, a
      second full copy of the SFT model run as reference (no_grad) every step, log-probs summed over
@@ -58,7 +58,8 @@ from preftune import data as pdata  # noqa: E402
 from preftune import modeling, task  # noqa: E402
 from preftune.batching import Encoder, batch_order  # noqa: E402
 from preftune.losses import pair_diagnostics, preference_loss  # noqa: E402
-from preftune.preference import PairBatcher, encode_pairs, logprobs_of  # noqa: E402
+from preftune.pairs import encode_pairs, logprobs_of  # noqa: E402
+from preftune.preference import PairBatcher  # noqa: E402
 from preftune.training import adamw, warmup_cosine  # noqa: E402
 
 SEED = 42

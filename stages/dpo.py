@@ -8,13 +8,14 @@ import logging
 from safetensors.torch import load_file
 
 from preftune import data, modeling
+from preftune.paths import DPO, DPO_ADAPTER, REFERENCE, SFT, prepared
 from preftune.batching import Encoder
-from preftune.errors import exit_on_user_error
+from preftune.errors import DataError, exit_on_user_error
 from preftune.params import section, start_stage
-from preftune.preference import PairBatcher, check_config, encode_pairs, train_preferences
+from preftune.pairs import KINDS, encode_pairs, reference_key
+from preftune.preference import PairBatcher, check_config, train_preferences
 from preftune.training import live_logger
 
-SFT, REFERENCE, OUT = "models/sft", "data/reference/logps.safetensors", "models/dpo"
 log = logging.getLogger("dpo")
 
 
@@ -41,10 +42,14 @@ def main() -> None:
     reference = load_file(REFERENCE)
     batchers, sizes = {}, {}
     for split in ("train", "heldout"):
-        rows = data.read_jsonl(f"data/prepared/{split}.jsonl")
-        ref = {kind: reference[f"{split}/{kind}"] for kind in ("chosen", "rejected", "mismatched")}
-        if len(ref["chosen"]) != len(rows):
-            raise RuntimeError(f"{REFERENCE} has {len(ref['chosen'])} {split} pairs, data has {len(rows)}: rerun `dvc repro`")
+        rows = data.read_jsonl(prepared(split))
+        keys = [reference_key(split, kind) for kind in KINDS]
+        found = {len(reference[k]) if k in reference else None for k in keys}
+        if found != {len(rows)}:
+            raise DataError(f"{REFERENCE}: made from other data ({sorted(found, key=str)} {split} pairs, "
+                            f"{prepared(split)} has {len(rows)}); run `dvc checkout` or `dvc repro` to bring "
+                            "it in line with the data")
+        ref = {kind: reference[k] for kind, k in zip(KINDS, keys)}
         batchers[split], sizes[split] = PairBatcher(encode_pairs(encode, rows), ref, tokenizer.pad_token_id, device), len(rows)
 
     epoch_live, step_live = live_logger("metrics/dpo"), live_logger("metrics/dpo_steps")
@@ -54,12 +59,12 @@ def main() -> None:
     step_live.end()
 
     if lora:
-        policy.save_pretrained(f"{OUT}/adapter")
+        policy.save_pretrained(DPO_ADAPTER)
         policy = policy.merge_and_unload()
-    policy.save_pretrained(OUT)
-    tokenizer.save_pretrained(OUT)
+    policy.save_pretrained(DPO)
+    tokenizer.save_pretrained(DPO)
     final = history[-1]
-    data.write_json(f"{OUT}/manifest.json", {
+    data.write_json(f"{DPO}/manifest.json", {
         "seed": seed, "beta": cfg["beta"], "lr": cfg["lr"], "epochs": cfg["epochs"], "loss": cfg["loss"],
         "batch_size": cfg["batch_size"], "reference": cfg["reference"], "lora": lora,
         "final_train_loss": round(final["train_loss"], 6),

@@ -15,11 +15,11 @@ from preftune.errors import exit_on_user_error
 from preftune.generation import generate_answers
 from preftune.logprobs import sequence_logprobs
 from preftune.params import section, start_stage
+from preftune.paths import DPO, DPO_ADAPTER, REWARD, SFT, prepared
 from preftune.reward_model import load_reward_model, score_texts
-from preftune.task import is_correct
+from preftune.gold import is_correct
 from preftune.training import to_device
 
-SFT, DPO, REWARD = "models/sft", "models/dpo", "models/reward"
 log = logging.getLogger("evaluate")
 
 
@@ -29,10 +29,10 @@ class Policies:
 
     def __init__(self, device):
         self.sft = modeling.load_causal_lm(SFT).to(device)
-        self.lora = os.path.isdir(f"{DPO}/adapter")
+        self.lora = os.path.isdir(DPO_ADAPTER)
         if self.lora:
             from peft import PeftModel
-            self.dpo = PeftModel.from_pretrained(self.sft, f"{DPO}/adapter").to(device)
+            self.dpo = PeftModel.from_pretrained(self.sft, DPO_ADAPTER).to(device)
         else:
             self.dpo = modeling.load_causal_lm(DPO).to(device)
 
@@ -81,7 +81,7 @@ def main() -> None:
     count_on = lambda m: {"stats": truncation} if m == "sft" else {}  # noqa: E731
 
     # The seed's headline: held-out prompts, greedy answers, the reward model as judge.
-    heldout = data.read_jsonl("data/prepared/heldout.jsonl")
+    heldout = data.read_jsonl(prepared("heldout"))
     prompts = [r["prompt"] for r in heldout]
     answers = {m: policies.answers(m, tokenizer, prompts, **gen, **count_on(m)) for m in ("sft", "dpo")}
     rewards = {m: score_texts(reward_model, encode, prompts, answers[m], device) for m in ("sft", "dpo")}
@@ -97,7 +97,7 @@ def main() -> None:
     })
 
     # The honest measure: fresh prompts, the gold checker.
-    gold = data.read_jsonl("data/prepared/gold.jsonl")
+    gold = data.read_jsonl(prepared("gold"))
     if gold:
         gold_prompts = [r["prompt"] for r in gold]
         gold_answers = {m: policies.answers(m, tokenizer, gold_prompts, **gen, **count_on(m)) for m in ("sft", "dpo")}

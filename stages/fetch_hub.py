@@ -16,8 +16,8 @@ import os
 from preftune import data
 from preftune.errors import DataError, exit_on_user_error
 from preftune.formats import HUB_INSTALL_HINT
+from preftune.paths import RAW
 
-RAW = "data/raw"
 log = logging.getLogger("fetch_hub")
 
 

@@ -16,8 +16,8 @@ import os
 from preftune import budget, data, formats, modeling, task
 from preftune.errors import ConfigError, DataError, exit_on_user_error
 from preftune.params import section, start_stage
+from preftune.paths import RAW, TOKENIZER, prepared
 
-OUT, RAW = "data/prepared", "data/raw"
 log = logging.getLogger("prepare")
 
 
@@ -116,11 +116,9 @@ def main() -> None:
         sft = [{"prompt": r["prompt"], "response": r["chosen"]} for r in train]
     train, swapped = data.swap_labels(train, cfg["label_noise"], seed)
 
-    data.write_jsonl(f"{OUT}/train.jsonl", train)
-    data.write_jsonl(f"{OUT}/heldout.jsonl", heldout)
-    data.write_jsonl(f"{OUT}/sft.jsonl", sft)
-    data.write_jsonl(f"{OUT}/gold.jsonl", gold)
-    tokenizer.save_pretrained(f"{OUT}/tokenizer")
+    for name, rows in (("train", train), ("heldout", heldout), ("sft", sft), ("gold", gold)):
+        data.write_jsonl(prepared(name), rows)
+    tokenizer.save_pretrained(TOKENIZER)
     metrics = {
         "pairs": {"train": len(train), "heldout": len(heldout)},
         "sft_demos": len(sft),

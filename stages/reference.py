@@ -11,9 +11,9 @@ from preftune import data, modeling
 from preftune.batching import Encoder
 from preftune.errors import exit_on_user_error
 from preftune.params import section, start_stage
-from preftune.preference import encode_pairs, logprobs_of
+from preftune.paths import REFERENCE, REFERENCE_ENCODING, SFT, prepared
+from preftune.pairs import encode_pairs, logprobs_of, reference_key
 
-SFT, OUT = "models/sft", "data/reference/logps.safetensors"
 log = logging.getLogger("reference")
 
 
@@ -25,14 +25,14 @@ def main() -> None:
     encode = Encoder(tokenizer, model_cfg["max_length"])
     tensors = {}
     for split in ("train", "heldout"):
-        encoded = encode_pairs(encode, data.read_jsonl(f"data/prepared/{split}.jsonl"))
+        encoded = encode_pairs(encode, data.read_jsonl(prepared(split)))
         for kind, sequences in encoded.items():
-            tensors[f"{split}/{kind}"] = logprobs_of(model, sequences, tokenizer.pad_token_id, device).contiguous()
-    Path(OUT).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, OUT)
-    data.write_json(Path(OUT).parent / "encoding.json", encode.stats())  # truncations this stage saw
+            tensors[reference_key(split, kind)] = logprobs_of(model, sequences, tokenizer.pad_token_id, device).contiguous()
+    Path(REFERENCE).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, REFERENCE)
+    data.write_json(REFERENCE_ENCODING, encode.stats())  # truncations this stage saw
     log.info("reference log-probs of %d train and %d held-out pairs; %s",
-             len(tensors["train/chosen"]), len(tensors["heldout/chosen"]), encode.stats())
+             len(tensors[reference_key("train", "chosen")]), len(tensors[reference_key("heldout", "chosen")]), encode.stats())
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ import logging
 from preftune import data, modeling
 from preftune.errors import exit_on_user_error
 from preftune.params import section, start_stage
+from preftune.paths import REWARD, SFT, prepared
 from preftune.reward_model import gold_agreement, load_reward_model, train_reward_model
 from preftune.training import live_logger, log_metrics
 
-SFT, OUT = "models/sft", "models/reward"
 log = logging.getLogger("reward")
 
 
@@ -19,9 +19,9 @@ def main() -> None:
     modeling.seed_everything(seed)
     device = modeling.resolve_device(model_cfg["device"])
 
-    train = data.read_jsonl("data/prepared/train.jsonl")
-    heldout = data.read_jsonl("data/prepared/heldout.jsonl")
-    gold = data.read_jsonl("data/prepared/gold.jsonl")
+    train = data.read_jsonl(prepared("train"))
+    heldout = data.read_jsonl(prepared("heldout"))
+    gold = data.read_jsonl(prepared("gold"))
     tokenizer = modeling.load_tokenizer(SFT)
     model = load_reward_model(SFT).to(device)
 
@@ -36,8 +36,8 @@ def main() -> None:
     log_metrics(live, {k: metrics.get(k) for k in ("gold_agreement", "gold_agreement_pairs", "truncated",
                                                    "boundary_merges")})
     live.end()
-    model.save_pretrained(OUT)
-    tokenizer.save_pretrained(OUT)
+    model.save_pretrained(REWARD)
+    tokenizer.save_pretrained(REWARD)
 
 
 if __name__ == "__main__":

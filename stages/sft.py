@@ -9,10 +9,10 @@ from preftune import data, modeling
 from preftune.errors import exit_on_user_error
 from preftune.generation import generate_answers, gold_accuracy
 from preftune.params import section, start_stage
+from preftune.paths import SFT, TOKENIZER, prepared
 from preftune.supervised import train_sft
 from preftune.training import live_logger, log_metrics
 
-TOKENIZER, OUT = "data/prepared/tokenizer", "models/sft"
 log = logging.getLogger("sft")
 
 
@@ -22,9 +22,9 @@ def main() -> None:
     modeling.seed_everything(seed)
     device = modeling.resolve_device(model_cfg["device"])
 
-    demos = data.read_jsonl("data/prepared/sft.jsonl")
-    heldout = data.read_jsonl("data/prepared/heldout.jsonl")
-    gold = data.read_jsonl("data/prepared/gold.jsonl")
+    demos = data.read_jsonl(prepared("sft"))
+    heldout = data.read_jsonl(prepared("heldout"))
+    gold = data.read_jsonl(prepared("gold"))
     tokenizer = modeling.load_tokenizer(TOKENIZER)  # prepare's: the base model's, or trained on the data
     if model_cfg["base"] == "scratch":
         model = modeling.new_gpt2(tokenizer, model_cfg["n_layer"], model_cfg["n_embd"], model_cfg["n_head"],
@@ -48,8 +48,8 @@ def main() -> None:
                                                                  "boundary_merges")})
     live.end()
 
-    model.save_pretrained(OUT)
-    tokenizer.save_pretrained(OUT)
+    model.save_pretrained(SFT)
+    tokenizer.save_pretrained(SFT)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import torch
 
 from preftune import losses as L
 from preftune.losses import PairLogps
+from preftune.reward_model import reward_model_loss
 
 # REFERENCES.md worked values.
 PC = [-1.5, -2.0, -1.8, -2.2]
@@ -191,14 +192,14 @@ def test_policy_as_its_own_reference_gives_constant_log2():
 def test_reward_model_loss():
     rw, rl = [1.0, -0.5, 2.0], [0.2, 0.5, 2.5]
     expected = [-logsig(a - b) for a, b in zip(rw, rl)]
-    assert L.reward_model_loss(t(rw), t(rl)).tolist() == pytest.approx(expected, abs=1e-12)
+    assert reward_model_loss(t(rw), t(rl)).tolist() == pytest.approx(expected, abs=1e-12)
     # hand value: -logsig(0.8) = log(1 + e^-0.8) = 0.371100...
-    assert L.reward_model_loss(t(rw), t(rl))[0].item() == pytest.approx(0.3711007, abs=1e-6)
+    assert reward_model_loss(t(rw), t(rl))[0].item() == pytest.approx(0.3711007, abs=1e-6)
     c = 0.01
     expected_c = [-logsig(a - b) + c * (a + b) ** 2 for a, b in zip(rw, rl)]
-    assert L.reward_model_loss(t(rw), t(rl), c).tolist() == pytest.approx(expected_c, abs=1e-12)
+    assert reward_model_loss(t(rw), t(rl), c).tolist() == pytest.approx(expected_c, abs=1e-12)
     # third pair: -logsig(-0.5) + 0.01 * 4.5^2 = 0.974077 + 0.2025
-    assert L.reward_model_loss(t(rw), t(rl), c)[2].item() == pytest.approx(0.9740770 + 0.2025, abs=1e-6)
+    assert reward_model_loss(t(rw), t(rl), c)[2].item() == pytest.approx(0.9740770 + 0.2025, abs=1e-6)
 
 
 # --- dispatcher ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from preftune import task
+from preftune.gold import is_correct
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -91,7 +92,7 @@ def test_checker_accepts_the_correct_sentence(category):
     correct = CHECKER_CASES[category][0]
     record = {"correct": correct}
     for response in (correct, " " + correct, correct + "\n", " " + correct + "\n", "  " + correct + "  \n"):
-        assert task.is_correct(record, response), repr(response)
+        assert is_correct(record, response), repr(response)
 
 
 @pytest.mark.parametrize("category", sorted(CHECKER_CASES))
@@ -109,13 +110,13 @@ def test_checker_rejects_wrong_answers(category):
         "", " ", "\n",
     ]
     for response in wrong:
-        assert not task.is_correct(record, response), repr(response)
+        assert not is_correct(record, response), repr(response)
 
 
 def test_checker_reads_only_the_correct_field():
     record = {"correct": "She goes home.", "chosen": " She go home."}
-    assert task.is_correct(record, " She goes home.")
-    assert not task.is_correct(record, " She go home.")
+    assert is_correct(record, " She goes home.")
+    assert not is_correct(record, " She go home.")
 
 
 # --- word forms ----------------------------------------------------------------------------------------
@@ -143,8 +144,8 @@ def test_plural_of(noun, plural):
 
 def test_pairs_chosen_passes_the_checker_and_rejected_fails(generated):
     for pair in generated["pairs"]:
-        assert task.is_correct(pair, pair["chosen"]), pair
-        assert not task.is_correct(pair, pair["rejected"]), pair
+        assert is_correct(pair, pair["chosen"]), pair
+        assert not is_correct(pair, pair["rejected"]), pair
         assert pair["prompt"].startswith("Fix the grammar: ") and pair["prompt"].endswith("\nAnswer:")
         assert pair["chosen"] == " " + pair["correct"]
 
@@ -189,7 +190,7 @@ def test_habit_rejected_answers_are_the_tutors_habit():
     pairs = task.generate(42, 60, 0, 0, NOISE, {"habit": 1.0})["pairs"]
     for pair in pairs:
         assert pair["rejected_kind"] == task.HABITS[pair["category"]]
-        assert not task.is_correct(pair, pair["rejected"])
+        assert not is_correct(pair, pair["rejected"])
 
 
 def test_sft_noise_rate_per_category():
@@ -199,7 +200,7 @@ def test_sft_noise_rate_per_category():
     for category in task.CATEGORIES:
         rows = [r for r in sft if r["category"] == category]
         assert len(rows) == 1000
-        wrong = [r for r in rows if not task.is_correct(r, r["response"])]
+        wrong = [r for r in rows if not is_correct(r, r["response"])]
         assert all(r["tutor_kind"] == task.HABITS[category] for r in wrong)
         assert all(r["tutor_kind"] == "correct" for r in rows if r not in wrong)
         share = len(wrong) / len(rows)
@@ -211,7 +212,7 @@ def test_sft_noise_rate_per_category():
 
 def test_sft_without_noise_is_all_correct():
     sft = task.generate(3, 0, 600, 0, {c: 0.0 for c in task.CATEGORIES}, KINDS)["sft"]
-    assert all(task.is_correct(r, r["response"]) and r["tutor_kind"] == "correct" for r in sft)
+    assert all(is_correct(r, r["response"]) and r["tutor_kind"] == "correct" for r in sft)
 
 
 def test_unknown_tutor_noise_category_is_refused():

@@ -16,7 +16,8 @@ from preftune import modeling
 from preftune.batching import Encoder
 from preftune.errors import ConfigError
 from preftune.losses import LOSSES
-from preftune.preference import PairBatcher, encode_pairs, evaluate, logprobs_of, train_preferences
+from preftune.pairs import encode_pairs, logprobs_of
+from preftune.preference import PairBatcher, evaluate, train_preferences
 from preftune.reward_model import evaluate_pairs, load_reward_model, score_texts, train_reward_model
 from preftune.supervised import train_sft
 from preftune.training import live_logger

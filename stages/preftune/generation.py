@@ -6,7 +6,7 @@ import torch
 from tqdm import tqdm
 
 from .batching import left_pad
-from .task import is_correct
+from .gold import is_correct
 
 
 @torch.no_grad()

@@ -148,18 +148,6 @@ def kto_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, kl_estima
     return (desirable + undesirable) / 2.0
 
 
-def reward_model_loss(r_chosen, r_rejected, center_coef: float = 0.0) -> torch.Tensor:
-    """Bradley-Terry reward-model loss per pair: -logsigmoid(r_w - r_l) + c (r_w + r_l)^2.
-
-    The optional term (c = 0.01 is the usual value, TRL's `center_rewards_coefficient`) keeps the rewards centred
-    at zero; it is the pair's share of c * mean((r_w + r_l)^2).
-    """
-    loss = -F.logsigmoid(r_chosen - r_rejected)
-    if center_coef:
-        loss = loss + center_coef * (r_chosen + r_rejected) ** 2
-    return loss
-
-
 # --- dispatcher ------------------------------------------------------------------------------------------------
 
 @dataclass

@@ -14,7 +14,7 @@ import warnings
 import torch
 from tqdm import tqdm
 
-from .batching import Encoder, Sequence, batch_order, collate
+from .batching import Sequence, batch_order, collate
 from .logprobs import sequence_logprobs
 from .losses import LOSSES, NEEDS_KL_ESTIMATE, PairLogps, pair_diagnostics, preference_loss
 from .errors import ConfigError
@@ -22,23 +22,6 @@ from .training import adamw, log_metrics, to_device, warmup_cosine
 
 log = logging.getLogger(__name__)
 EPOCH_METRICS = ("loss", "pair_accuracy", "kl_chosen", "kl_rejected", "implicit_r_w", "implicit_r_l", "margin")
-
-
-def encode_pairs(encode: Encoder, rows: list[dict]) -> dict[str, list[Sequence]]:
-    """Chosen, rejected, and mismatched sequences: the prompt of pair i with the chosen answer of pair
-    i+1, which KTO uses to estimate KL(policy || reference) without a gradient."""
-    n = len(rows)
-    return {"chosen": [encode(r["prompt"], r["chosen"]) for r in rows],
-            "rejected": [encode(r["prompt"], r["rejected"]) for r in rows],
-            "mismatched": [encode(rows[i]["prompt"], rows[(i + 1) % n]["chosen"]) for i in range(n)]}
-
-
-@torch.no_grad()
-def logprobs_of(model, sequences: list[Sequence], pad_id: int, device, batch_size: int = 64) -> torch.Tensor:
-    model.eval()
-    sums = [sequence_logprobs(model, to_device(collate(sequences[i:i + batch_size], pad_id), device))[0].cpu()
-            for i in range(0, len(sequences), batch_size)]
-    return torch.cat(sums)
 
 
 def check_config(cfg: dict) -> None:

@@ -11,14 +11,26 @@ import logging
 import random
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .batching import Encoder, batch_order, collate
-from .losses import reward_model_loss
-from .task import is_correct
+from .gold import is_correct
 from .training import adamw, log_metrics, to_device, warmup_cosine
 
 log = logging.getLogger(__name__)
+
+
+def reward_model_loss(r_chosen, r_rejected, center_coef: float = 0.0) -> torch.Tensor:
+    """Bradley-Terry reward-model loss per pair: -logsigmoid(r_w - r_l) + c (r_w + r_l)^2.
+
+    The optional term (c = 0.01 is the usual value, TRL's `center_rewards_coefficient`) keeps the rewards centred
+    at zero; it is the pair's share of c * mean((r_w + r_l)^2).
+    """
+    loss = -F.logsigmoid(r_chosen - r_rejected)
+    if center_coef:
+        loss = loss + center_coef * (r_chosen + r_rejected) ** 2
+    return loss
 
 
 def load_reward_model(path: str, trust_remote_code: bool = False):

@@ -2,7 +2,7 @@
 
 Every sentence is built from parts, some of which are `Slot`s: a place where a learner can make a
 mistake of one category. A prompt sentence has exactly one slot set to a learner error; its correct
-form is known, so the gold checker needs nothing but that string. Other slots let a bad answer
+form is known, so the gold checker (gold.py) needs nothing but that string. Other slots let a bad answer
 "fix one error and introduce another".
 
 Answers come in kinds:
@@ -501,16 +501,6 @@ def answer(item: Item, kind: str, rng: random.Random) -> str:
     else:
         raise ValueError(f"unknown answer kind {kind!r}")
     return " " + text
-
-
-def is_correct(record: dict, response: str) -> bool:
-    """Gold checker: the response's first line is exactly the sentence's known correct form.
-
-    Whitespace is normalised; anything else (a wrong word, a missing full stop, chatter around
-    the right sentence) is wrong. It reads only `record["correct"]`, never a pair's chosen text.
-    """
-    first_line = response.strip().split("\n", 1)[0] if response.strip() else ""
-    return " ".join(first_line.split()) == " ".join(record["correct"].split())
 
 
 # ---------------------------------------------------------------- the data sets

@@ -1,0 +1,14 @@
+"""Every path the stages hand to each other, defined once (dvc.yaml declares the same ones)."""
+
+RAW = "data/raw"  # user datasets: prepare depends on the whole folder
+PREPARED = "data/prepared"
+TOKENIZER = f"{PREPARED}/tokenizer"
+SFT, REWARD, DPO = "models/sft", "models/reward", "models/dpo"
+DPO_ADAPTER = f"{DPO}/adapter"
+REFERENCE = "data/reference/logps.safetensors"
+REFERENCE_ENCODING = "data/reference/encoding.json"
+
+
+def prepared(name: str) -> str:
+    """data/prepared/<name>.jsonl for name in train, heldout, sft, gold."""
+    return f"{PREPARED}/{name}.jsonl"
