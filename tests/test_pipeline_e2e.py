@@ -230,6 +230,24 @@ def test_selective_rerun_beta(pipeline):
     assert_clean(pipeline.repo)
 
 
+@pytest.mark.parametrize("path, reruns", [("stages/preftune/losses.py", {"dpo"}),
+                                          ("stages/preftune/task.py", {"prepare"}),
+                                          ("stages/preftune/gold.py", {"sft", "reward", "evaluate"})])
+def test_a_code_edit_reruns_only_the_stages_that_import_it(pipeline, path, reruns):
+    """Editing the DPO losses must not recompute the reference log-probs (that stage exists to be reused), and
+    editing the task generator must not retrain anything whose inputs it does not change."""
+    repo = pipeline.repo
+    assert_git_clean(repo)
+    with open(repo / path, "a", encoding="utf-8") as f:
+        f.write("# an edit\n")
+    try:
+        dry = dvc("repro", "--dry", cwd=repo)
+        assert stages_run(dry) == reruns, output(dry)
+    finally:
+        git("checkout", "--", path, cwd=repo)
+    assert_clean(repo)
+
+
 def test_metrics_and_params_diff_across_commits(pipeline):
     repo = pipeline.repo
     new = pipeline.beta_commit()["commit"]
