@@ -214,7 +214,8 @@ def run_timed(args: list[str], cwd: Path) -> tuple[Background, dict[str, float]]
     assert rc == 0, f"`dvc {' '.join(args)}` exited {rc}:\n{run.text}"
     starts = [(at, s) for at, line in run.lines for s in STAGES if f"Running stage '{s}'" in line]
     end = time.monotonic() - run.started
-    durations = {s: round((starts[i + 1][0] if i + 1 < len(starts) else end) - at, 1) for i, (at, s) in enumerate(starts)}
+    durations = {s: round((starts[i + 1][0] if i + 1 < len(starts) else end) - at, 1)
+                 for i, (at, s) in enumerate(starts)}
     return run, durations
 
 

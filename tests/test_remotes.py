@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from dvc_helpers import (ENV, VENV_BIN, assert_clean, assert_git_clean, copy_repo, dvc, edit_params, free_port,
-                         git, output, require, stages_restored, stages_run, status_json, tree_digest, wait_for_port)
+from dvc_helpers import (ENV, VENV_BIN, assert_clean, assert_git_clean, copy_repo, dvc, edit_params, free_port, git,
+                         lock_outs, output, require, stages_restored, stages_run, status_json, tree_digest,
+                         wait_for_port)
 
 pytestmark = pytest.mark.slow
 
@@ -136,8 +137,7 @@ class Origin:
     repo: Path
     base: Path
     remotes_commit: str  # the tiny run (dpo.beta 0.1) + the team remotes in .dvc/config
-    beta_commit: str  # HEAD: dpo.beta 0.2, run only here
-    beta_lock: str
+    beta_lock: str  # HEAD: dpo.beta 0.2, run only here
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,6 @@ def origin(tiny_run, tmp_path_factory) -> Origin:
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "dpo.beta 0.2", cwd=repo)
     return Origin(repo=repo, base=base, remotes_commit=remotes_commit,
-                  beta_commit=git("rev-parse", "HEAD", cwd=repo).stdout.strip(),
                   beta_lock=(repo / "dvc.lock").read_text())
 
 
@@ -197,7 +196,9 @@ def test_wrong_credential_and_unreachable_remote_lose_nothing(origin, remote):
     before = tree_digest(repo)
     try:
         for target, says in ((remote.name, remote.refused), (dead, remote.unreachable)):
-            push = dvc("push", "-r", target, "--run-cache", cwd=repo, check=False)
+            # plain push: with --run-cache each run record is tried on its own, and against a dead S3
+            # endpoint botocore's retries make that ~45 s here (docs/reliability.md)
+            push = dvc("push", "-r", target, cwd=repo, check=False)
             assert push.returncode != 0, output(push)
             assert push.stdout == "" and says in push.stderr and push.stderr.startswith("ERROR: "), output(push)
             assert tree_digest(repo) == before  # workspace, cache, run-cache, configs: untouched
@@ -236,12 +237,10 @@ def test_push_pull_and_run_cache(origin, remote):
     dvc("remote", "default", "--local", remote.name, cwd=other)
     configure(other, remote.name, remote.good)
     edit_params(other, dpo={"beta": 0.2})
-    repro = dvc("repro", "--pull", cwd=other)
-    assert "dpo" in stages_restored(repro), output(repro)
-    # evaluate keeps its outputs in git (cache: false), so it is never in the run-cache: it reruns
-    assert stages_run(repro) == {"evaluate"}, output(repro)
-    assert status_json(other) == {}
-    # ...and lands exactly where origin's own run did: same lock, same git-tracked metrics and plots
-    assert (other / "dvc.lock").read_text() == origin.beta_lock
-    diff = git("diff", "--stat", origin.beta_commit, cwd=other).stdout
-    assert diff == "", diff
+    repro = dvc("repro", "--pull", "dpo", cwd=other)
+    # ("Pulling data for stage" for the upstream stages, whose outputs dvc.lock already names)
+    assert stages_restored(repro) == {"dpo"} and stages_run(repro) == set(), output(repro)
+    # ...exactly the outputs origin's own run produced. (reward and evaluate were not asked for; evaluate
+    # would rerun: it keeps its outputs in git with `cache: false`, so it is never in the run-cache.)
+    assert lock_outs((other / "dvc.lock").read_text(), "dpo") == lock_outs(origin.beta_lock, "dpo")
+    assert set(status_json(other)) <= {"reward", "evaluate"}  # dpo and its upstream: up to date
