@@ -125,7 +125,7 @@ def main() -> None:
         rows.append({"prompt": record["prompt"], "sft_answer": answers["sft"][i], "dpo_answer": answers["dpo"][i],
                      "sft_reward": round(rewards["sft"][i], 4), "dpo_reward": round(rewards["dpo"][i], 4),
                      "sft_gold_correct": verdict["sft"], "dpo_gold_correct": verdict["dpo"], "winner": winner})
-    with open("metrics/samples.csv", "w", newline="", encoding="utf-8") as f:
+    with data.atomic_open("metrics/samples.csv") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -1,7 +1,12 @@
-"""Fixtures shared by the model and training tests: one tiny grammar dataset, tokenizer and GPT-2 per session."""
+"""Fixtures shared across test modules: one tiny grammar dataset, tokenizer and GPT-2 per session for the model
+and training tests; one uninterrupted tiny `dvc repro` per session for the fault and concurrency tests."""
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
+from dvc_helpers import ENV, STAGES, dvc, git, output, stages_run, tiny_clone
 
 from preftune import modeling, task
 
@@ -25,3 +30,21 @@ def base_model(tok):
     """Shared and never modified: tests that train or wrap a model take a deepcopy."""
     torch.manual_seed(0)
     return modeling.new_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=128).eval()
+
+
+@dataclass
+class TinyRun:
+    repo: Path  # a committed, clean workspace with the DVC cache and run-cache of the run; copy it, never edit it
+    lock: str  # its dvc.lock: the reference every interrupted or concurrent run must reproduce
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    base = tmp_path_factory.mktemp("tiny-run")
+    ENV.setdefault("DVC_SITE_CACHE_DIR", str(base / "dvc-site-cache"))  # keep DVC's per-repo state in tmp
+    repo = tiny_clone(base / "repo")
+    repro = dvc("repro", cwd=repo)
+    assert stages_run(repro) == set(STAGES), output(repro)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "tiny run", cwd=repo)
+    return TinyRun(repo=repo, lock=(repo / "dvc.lock").read_text())

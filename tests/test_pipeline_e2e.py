@@ -8,99 +8,15 @@ which runs that step once, so any single test can also be run on its own.
 """
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from plots_page import charts_in, declared_plots, div_id, dump_dom, field_values, find_chromium, revs, screenshot
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-DVC = str(VENV_BIN / "dvc")
-STAGES = ["prepare", "sft", "reward", "reference", "dpo", "evaluate"]
-IDENTITY = {"name": "preftune e2e", "email": "e2e@example.invalid"}
-
-TINY = {
-    "data": {"pairs": 40, "heldout": 10, "sft_demos": 200, "gold_prompts": 40},
-    "model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 400},
-    "sft": {"epochs": 2, "batch_size": 32},
-    "reward": {"epochs": 2, "agreement_prompts": 10, "agreement_samples": 2},
-    "dpo": {"epochs": 2, "beta": 0.1},  # pinned: the tests below move beta 0.1 -> 0.2 and back
-    "evaluate": {"kl_samples": 1},
-}
-
-ENV = {
-    **os.environ,
-    "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` in stage cmds = the venv's
-    "DVC_NO_ANALYTICS": "1",
-    "HF_HUB_OFFLINE": "1",
-    # `dvc exp run` commits through its own git library: give it an identity too.
-    "GIT_AUTHOR_NAME": IDENTITY["name"],
-    "GIT_AUTHOR_EMAIL": IDENTITY["email"],
-    "GIT_COMMITTER_NAME": IDENTITY["name"],
-    "GIT_COMMITTER_EMAIL": IDENTITY["email"],
-}
-
-
-def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"`{' '.join(cmd)}` in {cwd} exited {proc.returncode}\n"
-            f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
-        )
-    return proc
-
-
-def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return _run([DVC, *args], cwd, check)
-
-
-def git(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return _run(["git", "-c", f"user.name={IDENTITY['name']}", "-c", f"user.email={IDENTITY['email']}",
-                 *args], cwd, check)
-
-
-def output(proc: subprocess.CompletedProcess) -> str:
-    return f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
-
-
-def stages_run(proc: subprocess.CompletedProcess) -> set[str]:
-    """Stages whose command `dvc repro` / `dvc exp run` executed."""
-    text = proc.stdout + proc.stderr
-    return {s for s in STAGES if f"Running stage '{s}'" in text}
-
-
-def status_json(cwd: Path) -> dict:
-    proc = dvc("status", "--json", cwd=cwd)
-    return json.loads(proc.stdout)
-
-
-def edit_params(repo: Path, **changes) -> None:
-    """edit_params(repo, dpo={"beta": 0.2}) updates the given keys of params.yaml, keeping the order."""
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def read_params(repo: Path) -> dict:
-    return yaml.safe_load((repo / "params.yaml").read_text())
-
-
-def assert_git_clean(repo: Path) -> None:
-    porcelain = git("status", "--porcelain", cwd=repo).stdout
-    assert porcelain == "", f"git working tree not clean in {repo}:\n{porcelain}"
-
-
-def assert_clean(repo: Path) -> None:
-    """Nothing for `dvc repro` to do and nothing for git to commit."""
-    assert status_json(repo) == {}
-    assert_git_clean(repo)
+from dvc_helpers import (ENV, STAGES, TINY, assert_clean, assert_git_clean, dvc, edit_params, git, lock_outs,
+                         output, read_params, stages_run, status_json, tiny_clone)
 
 
 def downstream(repo: Path, stage: str) -> set[str]:
@@ -118,10 +34,6 @@ def downstream(repo: Path, stage: str) -> set[str]:
                 found.add(dst)
                 todo.append(dst)
     return found
-
-
-def lock_outs(lock_text: str, stage: str) -> dict[str, str]:
-    return {out["path"]: out["md5"] for out in yaml.safe_load(lock_text)["stages"][stage]["outs"]}
 
 
 class Pipeline:
@@ -151,19 +63,11 @@ class Pipeline:
 def pipeline(tmp_path_factory) -> Pipeline:
     p = Pipeline(tmp_path_factory.mktemp("e2e"))
     ENV["DVC_SITE_CACHE_DIR"] = str(p.base / "dvc-site-cache")  # keep DVC's per-repo state in tmp too
-    git("clone", "-q", str(ROOT), str(p.repo), cwd=p.base)
-
-    params = read_params(p.repo)
-    for section, values in TINY.items():
-        params[section].update(values)
-    (p.repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The remote is configured (and committed) before anything runs, as in a real project: `dvc push
     # --all-commits` only pushes a commit's outputs if that commit's own .dvc/config names a remote
     # (the config is read per revision; .dvc/config.local does not help), and the run-cache test needs
     # the outputs of this first run, an older commit by then, on the remote.
-    dvc("remote", "add", "-d", "store", str(p.remote), cwd=p.repo)
-    git("add", "params.yaml", ".dvc/config", cwd=p.repo)
-    git("commit", "-q", "-m", "tiny params, local remote", cwd=p.repo)
+    tiny_clone(p.repo, remote=p.remote)
 
     repro = dvc("repro", cwd=p.repo, check=False)
     p.logs["repro"] = repro

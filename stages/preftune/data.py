@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -11,15 +12,26 @@ from pathlib import Path
 from .errors import ConfigError
 
 
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    """One JSON object per line, keys in insertion order: byte-identical for identical rows."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w"):
+    """Write `path` through a temporary file next to it that replaces it only once complete: a reader, or
+    a run killed half-way, never sees (or leaves behind) half a file. Text modes write UTF-8."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """One JSON object per line, keys in insertion order: byte-identical for identical rows."""
+    with atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)  # a reader never sees half a file
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -28,11 +40,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def write_json(path: str | Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def split_by_prompt(rows: list[dict], n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:

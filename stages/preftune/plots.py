@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .data import atomic_open  # noqa: E402
+
 NO_METADATA = {"Software": None}  # keep the bytes a function of the data alone
 
 
@@ -24,7 +26,8 @@ def read_tsv(path: str | Path) -> tuple[list[float], list[float]]:
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=90, metadata=NO_METADATA)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=90, metadata=NO_METADATA)
     plt.close(fig)
 
 
