@@ -32,7 +32,10 @@ class Policies:
         self.lora = os.path.isdir(DPO_ADAPTER)
         if self.lora:
             from peft import PeftModel
-            self.dpo = PeftModel.from_pretrained(self.sft, DPO_ADAPTER).to(device)
+            try:
+                self.dpo = PeftModel.from_pretrained(self.sft, DPO_ADAPTER).to(device)
+            except Exception as err:  # a truncated or foreign adapter file
+                raise modeling.load_error("LoRA adapter", DPO_ADAPTER, err) from None
         else:
             self.dpo = modeling.load_causal_lm(DPO).to(device)
 

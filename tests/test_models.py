@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from preftune import modeling
 from preftune.batching import Encoder, Sequence, collate, left_pad
-from preftune.errors import ConfigError
+from preftune.errors import ConfigError, UserError
 from preftune.generation import generate_answers
 from preftune.logprobs import full_vocab_token_logprobs, sequence_logprobs, token_logprobs
 from preftune.reward_model import load_reward_model, score
@@ -467,3 +467,24 @@ def test_saved_tokenizer_config_does_not_record_the_environment(tmp_path, tok):
     reloaded.save_pretrained(tmp_path / "b")
     config = json.loads((tmp_path / "b" / "tokenizer_config.json").read_text())
     assert not {"local_files_only", "_commit_hash", "token"} & set(config)
+
+
+# --- broken pipeline outputs -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_broken_model_output_says_dvc_checkout(base_model, tok, tmp_path, monkeypatch, damage):
+    """A truncated or missing models/sft/model.safetensors is one line naming the file's folder and the fix."""
+    monkeypatch.chdir(tmp_path)
+    base_model.save_pretrained("models/sft")
+    tok.save_pretrained("models/sft")
+    weights = tmp_path / "models" / "sft" / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        weights.unlink()
+    for load in (modeling.load_causal_lm, load_reward_model):
+        with pytest.raises(UserError) as err:
+            load("models/sft")
+        message = str(err.value)
+        assert message.startswith("models/sft: cannot load this ") and "\n" not in message
+        assert message.endswith("restore it with `dvc checkout models/sft` or rebuild it with `dvc repro`")

@@ -9,10 +9,12 @@ which runs that step once, so any single test can also be run on its own.
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file, save_file
 from plots_page import charts_in, declared_plots, div_id, dump_dom, field_values, find_chromium, revs, screenshot
 
 from dvc_helpers import (ENV, ROOT, STAGES, TINY, assert_clean, assert_git_clean, dvc, edit_params, git, lock_outs,
@@ -384,3 +386,24 @@ def test_plots_diff_two_experiments_in_chromium(pipeline, tmp_path):
         dvc("exp", "remove", "--all-commits", cwd=repo)
     assert_clean(repo)
 
+
+
+def test_a_reference_file_made_from_other_data_is_one_line(pipeline):
+    """data/reference out of step with data/prepared (a manual edit, a half-finished checkout): dpo says which
+    file and what to run, exits 2, and writes nothing."""
+    repo = pipeline.repo
+    assert_git_clean(repo)
+    reference = repo / "data" / "reference" / "logps.safetensors"
+    save_file({k: v[:-1].contiguous() for k, v in load_file(str(reference)).items()}, str(reference))
+    before = (repo / "models" / "dpo" / "model.safetensors").read_bytes()
+    try:
+        proc = subprocess.run([sys.executable, "stages/dpo.py"], cwd=repo, env=ENV, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2, output(proc)
+        assert len(proc.stderr.splitlines()) == 1, output(proc)
+        assert proc.stderr.startswith("dpo: error: data/reference/logps.safetensors: made from other data"), output(proc)
+        assert "`dvc checkout` or `dvc repro`" in proc.stderr
+        assert (repo / "models" / "dpo" / "model.safetensors").read_bytes() == before
+    finally:
+        dvc("checkout", "--force", "data/reference", cwd=repo)
+    assert_clean(repo)

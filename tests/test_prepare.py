@@ -114,7 +114,7 @@ def test_duplicates_can_be_an_error(tmp_path):
     done = run_prepare(tmp_path, source=_user_file(tmp_path, "duplicate.jsonl", BAD), heldout=1, duplicates="error")
     assert_one_line_error(tmp_path, done, "duplicate.jsonl", "row 3", "duplicate of row 1", "data.duplicates: drop")
     done = run_prepare(tmp_path, source="data/raw/duplicate.jsonl", heldout=1, duplicates="keep")
-    assert_one_line_error(tmp_path, done, "data.duplicates", "'drop' or 'error'")
+    assert_one_line_error(tmp_path, done, "data.duplicates", "must be one of drop, error")
 
 
 def test_duplicates_are_dropped_and_counted_by_default(tmp_path):

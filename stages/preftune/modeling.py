@@ -14,7 +14,10 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError, UserError
+from .paths import DPO, PREPARED, REWARD, SFT
+
+PIPELINE_OUTPUTS = (PREPARED, SFT, REWARD, DPO)
 
 log = logging.getLogger(__name__)
 EOS, PAD = "<|endoftext|>", "<|pad|>"
@@ -100,10 +103,8 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     folder, gguf_file = resolve_base(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise ConfigError(
-            f"params.yaml: model.base: cannot load tokenizer '{path}' ({str(err).splitlines()[0]}); "
-            "give a local model directory, or a hub id with the network on (HF_HUB_OFFLINE=0)") from None
+    except Exception as err:  # missing files, a truncated or foreign file: the libraries raise many types
+        raise load_error("tokenizer", path, err) from None
     tokenizer.padding_side = "right"
     # from_pretrained records how it was called (e.g. local_files_only under HF_HUB_OFFLINE=1, or where
     # the GGUF file was); saved with the tokenizer, that would make models/ depend on the environment.
@@ -119,13 +120,22 @@ def load_causal_lm(path: str, trust_remote_code: bool = False):
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code,
                                                      dtype=torch.float32)
-    except OSError as err:
-        raise ConfigError(
-            f"params.yaml: model.base: cannot load model '{path}' ({str(err).splitlines()[0]}); "
-            "give a local model directory, or a hub id with the network on (HF_HUB_OFFLINE=0)") from None
+    except Exception as err:  # missing files, a truncated or foreign file: the libraries raise many types
+        raise load_error("model", path, err) from None
     if gguf_file:  # dequantized to fp32 on load; the GGUF record only makes save_pretrained refuse
         _forget_gguf(model)
     return model
+
+
+def load_error(what: str, path: str, err: Exception) -> UserError:
+    """One line for a model that will not load. A pipeline output (data/, models/) is restored or rebuilt by
+    DVC; anything else came from params.yaml's model.base."""
+    reason = " ".join(str(err).split())[:200] or type(err).__name__
+    if path.startswith(PIPELINE_OUTPUTS):
+        return DataError(f"{path}: cannot load this {what} ({reason}); it is a pipeline output: restore it with "
+                         f"`dvc checkout {path}` or rebuild it with `dvc repro`")
+    return ConfigError(f"params.yaml: model.base: cannot load {what} '{path}' ({reason}); give a local model "
+                       "directory or GGUF file, or a hub id with the network on (HF_HUB_OFFLINE=0)")
 
 
 def _forget_gguf(model) -> None:

@@ -8,6 +8,7 @@ import logging
 import yaml
 
 from .errors import ConfigError
+from .schema import validate
 
 
 class Section(dict):
@@ -44,10 +45,13 @@ def section(params: dict, name: str) -> Section:
 
 def start_stage(description: str) -> Section:
     """What every stage does first: parse its one option (--params, so tests and users can point it at
-    another file), log at INFO as `<stage>: message`, and load the params."""
+    another file), log at INFO as `<stage>: message`, and load the params, checked against schema.py as a
+    whole, so a bad value anywhere stops every stage before it reads any data or model."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     logging.captureWarnings(True)  # library warnings (e.g. beta = 0) arrive as log lines
-    return load_params(args.params)
+    params = load_params(args.params)
+    validate(params)
+    return params

@@ -18,6 +18,7 @@ from .batching import Sequence, batch_order, collate
 from .logprobs import sequence_logprobs
 from .losses import LOSSES, NEEDS_KL_ESTIMATE, PairLogps, pair_diagnostics, preference_loss
 from .errors import ConfigError
+from .schema import SCHEMA, validate
 from .training import adamw, log_metrics, to_device, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -25,16 +26,12 @@ EPOCH_METRICS = ("loss", "pair_accuracy", "kl_chosen", "kl_rejected", "implicit_
 
 
 def check_config(cfg: dict) -> None:
+    """The dpo section: types and ranges from schema.py, then what only the losses know."""
+    validate(cfg, SCHEMA["dpo"], "dpo.")
     if cfg["loss"] not in LOSSES:
         raise ConfigError(f"params.yaml: dpo.loss: unknown loss '{cfg['loss']}'; use one of {', '.join(sorted(LOSSES))}")
-    if not isinstance(cfg["beta"], (int, float)) or cfg["beta"] < 0:
-        raise ConfigError(f"params.yaml: dpo.beta: {cfg['beta']} must be a number >= 0 (the seed uses 0.1)")
     if cfg["loss"] == "ipo" and cfg["beta"] == 0:
         raise ConfigError("params.yaml: dpo.beta: ipo's target margin is 1/(2 beta), so beta must be > 0")
-    if cfg["loss"] in ("cdpo", "robust") and not 0 <= cfg["label_smoothing"] < 0.5:
-        raise ConfigError(f"params.yaml: dpo.label_smoothing: {cfg['label_smoothing']} must be in [0, 0.5)")
-    if cfg["reference"] not in ("sft", "self"):
-        raise ConfigError(f"params.yaml: dpo.reference: '{cfg['reference']}' must be 'sft' or 'self'")
     if cfg["beta"] == 0:
         warnings.warn("dpo.beta is 0: the DPO loss is log 2 for every policy and its gradient is zero; "
                       "training will not move (the seed's 'break it' exercise)")

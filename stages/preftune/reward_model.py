@@ -36,8 +36,13 @@ def reward_model_loss(r_chosen, r_rejected, center_coef: float = 0.0) -> torch.T
 def load_reward_model(path: str, trust_remote_code: bool = False):
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    from .modeling import load_error
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    except Exception as err:  # missing files, a truncated or foreign file: the libraries raise many types
+        raise load_error("reward model", path, err) from None
     if not isinstance(getattr(model, "score", None), torch.nn.Module) or model.base_model is model:
         raise ValueError(f"{path}: {type(model).__name__} has no backbone + `score` head; "
                          "use a causal LM whose sequence-classification class follows that layout")

@@ -1,0 +1,201 @@
+"""The one typed description of params.yaml: every key, its type and its allowed range or values.
+
+Every stage validates the whole file against it first (params.start_stage), before any data or model is
+read, so a wrong type, an out-of-range value, a missing key or a misspelt extra key is one line that names
+the key and what to do, whichever stage meets it. Checks that need more than one value or outside knowledge
+(a loss name known to losses.py, the grammar categories known to task.py, split sizes that fit a dataset)
+stay with the code that owns that knowledge.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Number:
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    low_open: bool = False  # low itself not allowed
+    high_open: bool = False
+
+    def problem(self, value) -> str | None:
+        kind = "an integer" if self.integer else "a number"
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return f"must be {kind}{self.range()}"
+        if value != value or (self.low is not None and (value < self.low or (self.low_open and value == self.low))) \
+                or (self.high is not None and (value > self.high or (self.high_open and value == self.high))):
+            return f"must be {kind}{self.range()}"
+        return None
+
+    def range(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " " + " and ".join(parts) if parts else ""
+
+    def bad_values(self) -> list:
+        """Values a test can try: a wrong type, and one just outside each bound."""
+        out = ["oops"]
+        if self.low is not None:
+            out.append(self.low if self.low_open else self.low - 1)
+        if self.high is not None:
+            out.append(self.high if self.high_open else self.high + 1)
+        return out
+
+
+@dataclass(frozen=True)
+class Text:
+    choices: tuple[str, ...] = ()
+
+    def problem(self, value) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            return "must be " + (f"one of {', '.join(self.choices)}" if self.choices else "a non-empty string")
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}"
+        return None
+
+    def bad_values(self) -> list:
+        return [3] + (["no-such-choice"] if self.choices else [])
+
+
+@dataclass(frozen=True)
+class Flag:
+    def problem(self, value) -> str | None:
+        return None if isinstance(value, bool) else "must be true or false"
+
+    def bad_values(self) -> list:
+        return ["yes please"]
+
+
+@dataclass(frozen=True)
+class Nullable:
+    inner: object
+
+    def problem(self, value) -> str | None:
+        if value is None:
+            return None
+        found = self.inner.problem(value)
+        return f"{found}, or null" if found else None
+
+    def bad_values(self) -> list:
+        return self.inner.bad_values()
+
+
+@dataclass(frozen=True)
+class Names:
+    """A list of non-empty strings, or one of a few keywords."""
+    keywords: tuple[str, ...] = ()
+
+    def problem(self, value) -> str | None:
+        if isinstance(value, str) and value in self.keywords:
+            return None
+        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+            return None
+        return f"must be {' or '.join(self.keywords)} or a list of names" if self.keywords else "must be a list of names"
+
+    def bad_values(self) -> list:
+        return [[], 5]
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A mapping of free names to numbers (which names are allowed is the owner's check)."""
+    each: Number
+
+    def problem(self, value) -> str | None:
+        if not isinstance(value, dict):
+            return "must be a mapping of name: number"
+        for name, weight in value.items():
+            if self.each.problem(weight):
+                return f"has {name}: {weight!r}; each value {self.each.problem(weight)}"
+        return None
+
+    def bad_values(self) -> list:
+        return [[0.5], {"x": "oops"}]
+
+
+def _n(low=None, high=None, **kw) -> Number:
+    return Number(low, high, **kw)
+
+
+def _int(low=None, high=None, **kw) -> Number:
+    return Number(low, high, integer=True, **kw)
+
+
+LR, DECAY, CLIP = _n(0, 1, low_open=True), _n(0), _n(0, low_open=True)
+SCHEMA = {
+    "seed": _int(0),
+    "data": {
+        "source": Text(),
+        "format": Nullable(Text(("yaml", "yml", "jsonl", "json", "csv", "parquet"))),
+        "pairs": _int(2), "heldout": _int(1), "sft_demos": _int(1), "gold_prompts": _int(0),
+        "tutor_noise": Weights(_n(0, 1)), "rejected_kinds": Weights(_n(0)),
+        "duplicates": Text(("drop", "error")),
+        "label_noise": _n(0, 1),
+    },
+    "model": {
+        "base": Text(), "trust_remote_code": Flag(), "device": Text(),
+        "max_length": _int(8), "vocab_size": _int(300), "n_layer": _int(1), "n_embd": _int(8), "n_head": _int(1),
+    },
+    "sft": {
+        "epochs": _int(0), "lr": LR, "batch_size": _int(1), "warmup_steps": _int(0), "weight_decay": DECAY,
+        "max_grad_norm": CLIP, "eval_max_new_tokens": _int(1),
+    },
+    "reward": {
+        "epochs": _int(1), "lr": LR, "batch_size": _int(1), "warmup_steps": _int(0), "weight_decay": DECAY,
+        "max_grad_norm": CLIP, "center_coef": _n(0), "agreement_prompts": _int(0), "agreement_samples": _int(1),
+    },
+    "dpo": {
+        "seed": Nullable(_int(0)), "loss": Text(), "beta": _n(0), "reference": Text(("sft", "self")),
+        "lr": LR, "epochs": _int(1), "batch_size": _int(1), "schedule": Text(("constant", "cosine")),
+        "warmup_steps": _int(0), "weight_decay": DECAY, "max_grad_norm": CLIP,
+        "lora": ({"r": _int(1), "alpha": _n(0, low_open=True), "dropout": _n(0, 1, high_open=True),
+                  "target_modules": Names(("auto", "all-linear"))}, "nullable"),
+        "label_smoothing": _n(0, 0.5, high_open=True), "simpo_gamma": _n(), "orpo_lambda": _n(0),
+    },
+    "evaluate": {"max_new_tokens": _int(1), "batch_size": _int(1), "kl_samples": _int(1)},
+}
+
+
+def validate(params, spec=SCHEMA, where: str = "") -> None:
+    """Raise ConfigError (one line) at the first key of `params` that does not match `spec`."""
+    if isinstance(spec, tuple):  # (mapping spec, "nullable")
+        if params is None:
+            return
+        spec = spec[0]
+    if isinstance(spec, dict):
+        if not isinstance(params, dict):
+            raise ConfigError(f"params.yaml: {where.rstrip('.') or 'the file'}: expected a mapping of keys, got "
+                              f"{params!r}; restore it from the committed params.yaml")
+        for key in spec:
+            if key not in params:
+                raise ConfigError(f"params.yaml: {where}{key} is missing; add it (the committed params.yaml "
+                                  "lists every key)")
+        for key in params:
+            if key not in spec:
+                close = difflib.get_close_matches(str(key), list(spec), n=1)
+                hint = f"did you mean {where}{close[0]}?" if close else f"known keys: {', '.join(spec)}"
+                raise ConfigError(f"params.yaml: {where}{key}: unknown key; {hint} (remove or rename it)")
+            validate(params[key], spec[key], f"{where}{key}.")
+        return
+    problem = spec.problem(params)
+    if problem:
+        raise ConfigError(f"params.yaml: {where.rstrip('.')}: {params!r} {problem}; fix the value")
+
+
+def leaves(spec=SCHEMA, where: str = ""):
+    """(dotted key, spec) for every value-level key, for tests that try bad values everywhere."""
+    if isinstance(spec, tuple):
+        spec = spec[0]
+    for key, sub in spec.items():
+        if isinstance(sub, (dict, tuple)):
+            yield from leaves(sub, f"{where}{key}.")
+        else:
+            yield f"{where}{key}", sub
