@@ -101,6 +101,10 @@ def test_artifacts_get_fetches_the_merged_model(pipeline):
     transformers: the LoRA adapter is merged in, so no peft is needed."""
     from transformers import AutoModelForCausalLM
 
+    # DVC's model registry finds an artifact's versions by Git tag (GTO's name@version format), and downloads
+    # it from the remote: register this run's model as v0.1.0 and push it, as the README says.
+    git("tag", "-a", "dpo-model@v0.1.0", "-m", "first tiny run", pipeline.first_commit, cwd=pipeline.repo)
+    dvc("push", cwd=pipeline.repo)
     target = pipeline.base / "consumer" / "dpo-model"
     target.parent.mkdir()
     dvc("artifacts", "get", str(pipeline.repo), "dpo-model", "-o", str(target), cwd=target.parent)
