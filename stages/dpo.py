@@ -28,6 +28,16 @@ def main() -> None:
     modeling.seed_everything(seed)
     device = modeling.resolve_device(model_cfg["device"])
 
+    # The reference log-probs must be those of this data: checked before any model is loaded.
+    reference, rows = load_file(REFERENCE), {}
+    for split in ("train", "heldout"):
+        rows[split] = data.read_jsonl(prepared(split))
+        found = {len(reference[k]) if k in reference else None for k in (reference_key(split, kind) for kind in KINDS)}
+        if found != {len(rows[split])}:
+            raise DataError(f"{REFERENCE}: made from other data ({sorted(found, key=str)} {split} pairs, "
+                            f"{prepared(split)} has {len(rows[split])}); run `dvc checkout` or `dvc repro` to "
+                            "bring it in line with the data")
+
     tokenizer = modeling.load_tokenizer(SFT)
     policy = modeling.load_causal_lm(SFT)
     modeling.disable_dropout(policy)  # dropout would make the policy differ from the reference at step 0
@@ -39,18 +49,11 @@ def main() -> None:
     log.info("policy: %d of %d parameters trainable (%s)", trainable, total, "LoRA" if lora else "full fine-tuning")
 
     encode = Encoder(tokenizer, model_cfg["max_length"])
-    reference = load_file(REFERENCE)
     batchers, sizes = {}, {}
     for split in ("train", "heldout"):
-        rows = data.read_jsonl(prepared(split))
-        keys = [reference_key(split, kind) for kind in KINDS]
-        found = {len(reference[k]) if k in reference else None for k in keys}
-        if found != {len(rows)}:
-            raise DataError(f"{REFERENCE}: made from other data ({sorted(found, key=str)} {split} pairs, "
-                            f"{prepared(split)} has {len(rows)}); run `dvc checkout` or `dvc repro` to bring "
-                            "it in line with the data")
-        ref = {kind: reference[k] for kind, k in zip(KINDS, keys)}
-        batchers[split], sizes[split] = PairBatcher(encode_pairs(encode, rows), ref, tokenizer.pad_token_id, device), len(rows)
+        ref = {kind: reference[reference_key(split, kind)] for kind in KINDS}
+        batchers[split] = PairBatcher(encode_pairs(encode, rows[split]), ref, tokenizer.pad_token_id, device)
+        sizes[split] = len(rows[split])
 
     epoch_live, step_live = live_logger("metrics/dpo"), live_logger("metrics/dpo_steps")
     history = train_preferences(policy, batchers["train"], batchers["heldout"], sizes["train"], sizes["heldout"],
