@@ -81,12 +81,12 @@ def main() -> None:
     # (on the SFT pass: DPO sees the same prompts).
     truncation: dict = {}
     gen = {"max_new_tokens": cfg["max_new_tokens"], "batch_size": cfg["batch_size"], "max_length": model_cfg["max_length"]}
-    count_on = lambda m: {"stats": truncation} if m == "sft" else {}  # noqa: E731
 
     # The seed's headline: held-out prompts, greedy answers, the reward model as judge.
     heldout = data.read_jsonl(prepared("heldout"))
     prompts = [r["prompt"] for r in heldout]
-    answers = {m: policies.answers(m, tokenizer, prompts, **gen, **count_on(m)) for m in ("sft", "dpo")}
+    answers = {m: policies.answers(m, tokenizer, prompts, **gen, stats=truncation if m == "sft" else None)
+               for m in ("sft", "dpo")}
     rewards = {m: score_texts(reward_model, encode, prompts, answers[m], device) for m in ("sft", "dpo")}
     identical = [a == b for a, b in zip(answers["dpo"], answers["sft"])]
     metrics = judge.win_rate_summary(rewards["dpo"], rewards["sft"], identical=identical)
@@ -103,7 +103,8 @@ def main() -> None:
     gold = data.read_jsonl(prepared("gold"))
     if gold:
         gold_prompts = [r["prompt"] for r in gold]
-        gold_answers = {m: policies.answers(m, tokenizer, gold_prompts, **gen, **count_on(m)) for m in ("sft", "dpo")}
+        gold_answers = {m: policies.answers(m, tokenizer, gold_prompts, **gen, stats=truncation if m == "sft" else None)
+                        for m in ("sft", "dpo")}
         correct = {m: [is_correct(r, a) for r, a in zip(gold, gold_answers[m])] for m in ("sft", "dpo")}
         gold_rewards = {m: score_texts(reward_model, encode, gold_prompts, gold_answers[m], device) for m in ("sft", "dpo")}
         paired = judge.paired_difference(correct["dpo"], correct["sft"])

@@ -10,6 +10,7 @@ of them. log p(token) = logit(token) - logsumexp(logits), in fp32 whatever the m
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -36,7 +37,12 @@ def full_vocab_token_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Te
 
 def _accepts_logits_to_keep(model) -> bool:
     core = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper forwards kwargs
-    return "logits_to_keep" in inspect.signature(core.forward).parameters
+    return _forward_takes_logits_to_keep(type(core))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(cls) -> bool:  # once per model class, not on every training step
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def token_logprobs(model, batch: dict[str, torch.Tensor],
