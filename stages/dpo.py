@@ -14,7 +14,7 @@ from preftune.errors import DataError, exit_on_user_error
 from preftune.params import section, start_stage
 from preftune.pairs import KINDS, encode_pairs, reference_key
 from preftune.preference import PairBatcher, check_config, train_preferences
-from preftune.training import live_logger
+from preftune.training import Run, enable_checkpointing
 
 log = logging.getLogger("dpo")
 
@@ -25,8 +25,8 @@ def main() -> None:
     check_config(cfg)  # before anything is written: a bad value leaves no partial outputs
     # dpo.seed varies only DPO's own randomness (LoRA init, batch order) over a fixed SFT model and data.
     seed = seed if cfg["seed"] is None else cfg["seed"]
-    modeling.seed_everything(seed)
-    device = modeling.resolve_device(model_cfg["device"])
+    run = Run(model_cfg["device"], cfg)  # one process, or this rank of a torchrun / accelerate launch
+    modeling.seed_everything(seed)  # the same on every rank: the same LoRA initialisation
 
     # The reference log-probs must be those of this data: checked before any model is loaded.
     reference, rows = load_file(REFERENCE), {}
@@ -41,10 +41,11 @@ def main() -> None:
     tokenizer = modeling.load_tokenizer(SFT)
     policy = modeling.load_causal_lm(SFT)
     modeling.disable_dropout(policy)  # dropout would make the policy differ from the reference at step 0
+    if cfg["gradient_checkpointing"]:
+        enable_checkpointing(policy)
     lora = cfg["lora"]
     if lora:
         policy = modeling.attach_lora(policy, lora["r"], lora["alpha"], lora["dropout"], lora["target_modules"])
-    policy.to(device)
     trainable, total = modeling.count_parameters(policy)
     log.info("policy: %d of %d parameters trainable (%s)", trainable, total, "LoRA" if lora else "full fine-tuning")
 
@@ -52,24 +53,30 @@ def main() -> None:
     batchers, sizes = {}, {}
     for split in ("train", "heldout"):
         ref = {kind: reference[reference_key(split, kind)] for kind in KINDS}
-        batchers[split] = PairBatcher(encode_pairs(encode, rows[split]), ref, tokenizer.pad_token_id, device)
+        batchers[split] = PairBatcher(encode_pairs(encode, rows[split]), ref, tokenizer.pad_token_id, run.device)
         sizes[split] = len(rows[split])
 
-    epoch_live, step_live = live_logger("metrics/dpo"), live_logger("metrics/dpo_steps")
-    history = train_preferences(policy, batchers["train"], batchers["heldout"], sizes["train"], sizes["heldout"],
-                                cfg, seed, epoch_live, step_live)
+    epoch_live, step_live = run.live("metrics/dpo"), run.live("metrics/dpo_steps")
+    modeling.seed_everything(seed + run.rank)  # LoRA dropout differs per rank
+    history, trained = train_preferences(run, policy, batchers["train"], batchers["heldout"], sizes["train"],
+                                         sizes["heldout"], cfg, seed, epoch_live, step_live)
     epoch_live.end()
     step_live.end()
 
-    if lora:
-        policy.save_pretrained(DPO_ADAPTER)
-        policy = policy.merge_and_unload()
-    policy.save_pretrained(DPO)
+    run.save_pretrained(trained, DPO_ADAPTER if lora else DPO)
+    if not run.is_main:
+        return
+    if lora:  # models/dpo is the plain merged model; under FSDP/ZeRO the in-memory policy is sharded: reload
+        base = policy if not run.sharded else modeling.load_adapter(modeling.load_causal_lm(SFT), DPO_ADAPTER)
+        base.merge_and_unload().save_pretrained(DPO)
     tokenizer.save_pretrained(DPO)
     final = history[-1]
     data.write_json(f"{DPO}/manifest.json", {
         "seed": seed, "beta": cfg["beta"], "lr": cfg["lr"], "epochs": cfg["epochs"], "loss": cfg["loss"],
-        "batch_size": cfg["batch_size"], "reference": cfg["reference"], "lora": lora,
+        "batch_size": cfg["batch_size"], "world_size": run.world,
+        "gradient_accumulation_steps": run.accumulation, "effective_batch_size": run.global_batch(cfg["batch_size"]),
+        "precision": cfg["precision"], "gradient_checkpointing": cfg["gradient_checkpointing"],
+        "reference": cfg["reference"], "lora": lora,
         "final_train_loss": round(final["train_loss"], 6),
         "final_train_pair_accuracy": round(final["train_pair_accuracy"], 6),
         "encoding": encode.stats(),

@@ -10,7 +10,7 @@ import statistics
 import torch
 
 from preftune import data, judge, modeling, plots
-from preftune.batching import Encoder, collate
+from preftune.batching import Encoder, collate, to_device
 from preftune.errors import exit_on_user_error
 from preftune.generation import generate_answers
 from preftune.logprobs import sequence_logprobs
@@ -18,7 +18,6 @@ from preftune.params import section, start_stage
 from preftune.paths import DPO, DPO_ADAPTER, REWARD, SFT, prepared
 from preftune.reward_model import load_reward_model, score_texts
 from preftune.gold import is_correct
-from preftune.training import to_device
 
 log = logging.getLogger("evaluate")
 
@@ -31,11 +30,7 @@ class Policies:
         self.sft = modeling.load_causal_lm(SFT).to(device)
         self.lora = os.path.isdir(DPO_ADAPTER)
         if self.lora:
-            from peft import PeftModel
-            try:
-                self.dpo = PeftModel.from_pretrained(self.sft, DPO_ADAPTER).to(device)
-            except Exception as err:  # a truncated or foreign adapter file
-                raise modeling.load_error("LoRA adapter", DPO_ADAPTER, err) from None
+            self.dpo = modeling.load_adapter(self.sft, DPO_ADAPTER).to(device)
         else:
             self.dpo = modeling.load_causal_lm(DPO).to(device)
 

@@ -1,10 +1,13 @@
 """reference: log-probs of every training and held-out pair under the SFT model, computed once.
 
-It reads no dpo.* key, so changing beta, the loss or the learning rate reuses its output."""
+It reads no dpo.* key, so changing beta, the loss or the learning rate reuses its output. Launched as N ranks
+(params.yaml `launcher`), rank r computes pairs r, r + N, ... on its own plain copy of models/sft (no wrapper, no
+adapter: nothing here can ever be the policy) and rank 0 writes the file."""
 
 import logging
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from preftune import data, modeling
@@ -19,7 +22,11 @@ log = logging.getLogger("reference")
 
 def main() -> None:
     model_cfg = section(start_stage(__doc__), "model")
-    device = modeling.resolve_device(model_cfg["device"])
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState(cpu=modeling.resolve_device(model_cfg["device"]).type == "cpu")
+    device, rank, world = state.device, state.process_index, state.num_processes
     tokenizer = modeling.load_tokenizer(SFT)
     model = modeling.load_causal_lm(SFT).to(device)
     encode = Encoder(tokenizer, model_cfg["max_length"])
@@ -27,7 +34,11 @@ def main() -> None:
     for split in ("train", "heldout"):
         encoded = encode_pairs(encode, data.read_jsonl(prepared(split)))
         for kind, sequences in encoded.items():
-            tensors[reference_key(split, kind)] = logprobs_of(model, sequences, tokenizer.pad_token_id, device).contiguous()
+            mine = logprobs_of(model, sequences[rank::world], tokenizer.pad_token_id, device).tolist()
+            found = dict(gather_object(list(zip(range(rank, len(sequences), world), mine))))
+            tensors[reference_key(split, kind)] = torch.tensor([found[i] for i in range(len(sequences))])
+    if not state.is_main_process:
+        return
     Path(REFERENCE).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, REFERENCE)
     data.write_json(REFERENCE_ENCODING, encode.stats())  # truncations this stage saw

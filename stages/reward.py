@@ -7,8 +7,9 @@ from preftune import data, modeling
 from preftune.errors import exit_on_user_error
 from preftune.params import section, start_stage
 from preftune.paths import REWARD, SFT, prepared
-from preftune.reward_model import gold_agreement, load_reward_model, train_reward_model
-from preftune.training import live_logger, log_metrics
+from preftune.reward_model import gold_agreement, load_reward_model
+from preftune.reward_training import train_reward_model
+from preftune.training import Run, enable_checkpointing, log_metrics
 
 log = logging.getLogger("reward")
 
@@ -16,28 +17,34 @@ log = logging.getLogger("reward")
 def main() -> None:
     params = start_stage(__doc__)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "reward")
-    modeling.seed_everything(seed)
-    device = modeling.resolve_device(model_cfg["device"])
+    run = Run(model_cfg["device"], cfg)  # one process, or this rank of a torchrun / accelerate launch
+    modeling.seed_everything(seed)  # the same on every rank: the same initial head
 
     train = data.read_jsonl(prepared("train"))
     heldout = data.read_jsonl(prepared("heldout"))
     gold = data.read_jsonl(prepared("gold"))
     tokenizer = modeling.load_tokenizer(SFT)
-    model = load_reward_model(SFT).to(device)
+    model = load_reward_model(SFT)
+    if cfg["gradient_checkpointing"]:
+        enable_checkpointing(model)
 
-    live = live_logger("metrics/reward")
-    metrics = train_reward_model(model, tokenizer, train, heldout, cfg, model_cfg["max_length"], seed, device, live)
-    if gold:
-        policy = modeling.load_causal_lm(SFT).to(device)
-        metrics.update(gold_agreement(model, tokenizer, policy, gold, model_cfg["max_length"],
-                                      cfg["agreement_prompts"], cfg["agreement_samples"], seed, device))
-        log.info("agreement with the gold checker on SFT samples: %s over %d pairs",
-                 metrics["gold_agreement"], metrics["gold_agreement_pairs"])
-    log_metrics(live, {k: metrics.get(k) for k in ("gold_agreement", "gold_agreement_pairs", "truncated",
-                                                   "boundary_merges")})
+    live = run.live("metrics/reward")
+    modeling.seed_everything(seed + run.rank)  # dropout differs per rank
+    metrics, scorer = train_reward_model(run, model, tokenizer, train, heldout, cfg, model_cfg["max_length"], seed,
+                                         live)
+    run.save_pretrained(scorer, REWARD)
+    if run.is_main:
+        tokenizer.save_pretrained(REWARD)
+        if gold:
+            model = load_reward_model(REWARD).to(run.device) if run.sharded else model
+            policy = modeling.load_causal_lm(SFT).to(run.device)
+            metrics.update(gold_agreement(model, tokenizer, policy, gold, model_cfg["max_length"],
+                                          cfg["agreement_prompts"], cfg["agreement_samples"], seed, run.device))
+            log.info("agreement with the gold checker on SFT samples: %s over %d pairs",
+                     metrics["gold_agreement"], metrics["gold_agreement_pairs"])
+        log_metrics(live, {k: metrics.get(k) for k in ("gold_agreement", "gold_agreement_pairs", "truncated",
+                                                       "boundary_merges")})
     live.end()
-    model.save_pretrained(REWARD)
-    tokenizer.save_pretrained(REWARD)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from preftune.generation import generate_answers, gold_accuracy
 from preftune.params import section, start_stage
 from preftune.paths import SFT, TOKENIZER, prepared
 from preftune.supervised import train_sft
-from preftune.training import live_logger, log_metrics
+from preftune.training import Run, enable_checkpointing, log_metrics
 
 log = logging.getLogger("sft")
 
@@ -19,8 +19,8 @@ log = logging.getLogger("sft")
 def main() -> None:
     params = start_stage(__doc__)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "sft")
-    modeling.seed_everything(seed)
-    device = modeling.resolve_device(model_cfg["device"])
+    run = Run(model_cfg["device"], cfg)  # one process, or this rank of a torchrun / accelerate launch
+    modeling.seed_everything(seed)  # the same on every rank: every rank builds the same initial model
 
     demos = data.read_jsonl(prepared("sft"))
     heldout = data.read_jsonl(prepared("heldout"))
@@ -32,24 +32,33 @@ def main() -> None:
     else:
         model = modeling.load_causal_lm(model_cfg["base"], model_cfg["trust_remote_code"])
     modeling.ensure_pad_token(tokenizer, model)
-    model.to(device)
     trainable, total = modeling.count_parameters(model)
-    log.info("%s: %.2fM parameters, vocabulary %d, device %s", model_cfg["base"], total / 1e6, len(tokenizer), device)
+    log.info("%s: %.2fM parameters, vocabulary %d, device %s, %d process(es)", model_cfg["base"], total / 1e6,
+             len(tokenizer), run.device, run.world)
+    if cfg["gradient_checkpointing"]:
+        enable_checkpointing(model)
 
-    live = live_logger("metrics/sft")
-    metrics = train_sft(model, tokenizer, demos, heldout, cfg, model_cfg["max_length"], seed, device, live) \
-        if cfg["epochs"] > 0 else {}
-    answers = generate_answers(model, tokenizer, [g["prompt"] for g in gold], cfg["eval_max_new_tokens"],
-                               desc="gold answers", max_length=model_cfg["max_length"])
-    metrics["gold_accuracy"] = gold_accuracy(gold, answers)
-    metrics["parameters"] = total
-    log.info("gold accuracy of greedy answers: %s", metrics["gold_accuracy"])
-    log_metrics(live, {k: v for k, v in metrics.items() if k in ("gold_accuracy", "parameters", "truncated",
-                                                                 "boundary_merges")})
+    live = run.live("metrics/sft")
+    metrics = {}
+    if cfg["epochs"] > 0:
+        modeling.seed_everything(seed + run.rank)  # dropout differs per rank
+        metrics, prepared_model = train_sft(run, model, tokenizer, demos, heldout, cfg, model_cfg["max_length"],
+                                            seed, live)
+        run.save_pretrained(prepared_model, SFT)
+    if run.is_main:
+        if cfg["epochs"] == 0:
+            model.to(run.device).save_pretrained(SFT)
+        tokenizer.save_pretrained(SFT)
+        # The saved model, reloaded: what every later stage sees, whatever engine trained it.
+        model = modeling.load_causal_lm(SFT).to(run.device) if run.sharded else model
+        answers = generate_answers(model, tokenizer, [g["prompt"] for g in gold], cfg["eval_max_new_tokens"],
+                                   desc="gold answers", max_length=model_cfg["max_length"])
+        metrics["gold_accuracy"] = gold_accuracy(gold, answers)
+        metrics["parameters"] = total
+        log.info("gold accuracy of greedy answers: %s", metrics["gold_accuracy"])
+        log_metrics(live, {k: v for k, v in metrics.items() if k in ("gold_accuracy", "parameters", "truncated",
+                                                                     "boundary_merges")})
     live.end()
-
-    model.save_pretrained(SFT)
-    tokenizer.save_pretrained(SFT)
 
 
 if __name__ == "__main__":

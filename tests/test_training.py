@@ -17,10 +17,12 @@ from preftune.batching import Encoder
 from preftune.errors import ConfigError
 from preftune.losses import LOSSES
 from preftune.pairs import encode_pairs, logprobs_of
-from preftune.preference import PairBatcher, evaluate, train_preferences
-from preftune.reward_model import evaluate_pairs, load_reward_model, score_texts, train_reward_model
+from preftune.logprobs import ResponseLogprobs
+from preftune.preference import PairBatcher, pair_objective, train_preferences
+from preftune.reward_model import evaluate_pairs, load_reward_model, score_texts
+from preftune.reward_training import train_reward_model
 from preftune.supervised import train_sft
-from preftune.training import live_logger
+from preftune.training import Run, live_logger
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -28,6 +30,10 @@ CPU = torch.device("cpu")
 MAX_LENGTH = 128
 LOG2 = math.log(2.0)
 N_TRAIN = 30
+
+
+def one_process(precision: str = "fp32", accumulation: int = 1) -> Run:
+    return Run("cpu", {"precision": precision, "gradient_accumulation_steps": accumulation})
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +52,10 @@ def read_tsv(path: Path, column: str) -> list[float]:
 def test_train_sft_loss_falls_and_dvclive_writes_metrics(base_model, tok, generated, split, tmp_path):
     torch.manual_seed(0)
     model = copy.deepcopy(base_model)
-    cfg = {"epochs": 3, "lr": 3e-3, "batch_size": 32, "warmup_steps": 5, "weight_decay": 0.0,
-           "max_grad_norm": 1.0, "eval_max_new_tokens": 8}
+    cfg = {**PARAMS["sft"], "epochs": 3, "lr": 3e-3, "batch_size": 32, "warmup_steps": 5}
     live_dir = tmp_path / "live"
     live = live_logger(str(live_dir))
-    metrics = train_sft(model, tok, generated["sft"], split[1], cfg, MAX_LENGTH, 0, CPU, live)
+    metrics, _ = train_sft(one_process(), model, tok, generated["sft"], split[1], cfg, MAX_LENGTH, 0, live)
     live.end()
 
     losses = read_tsv(live_dir / "plots" / "metrics" / "train_loss.tsv", "train_loss")
@@ -78,7 +83,7 @@ def test_train_reward_model_learns_and_round_trips(base_model, tok, split, tmp_p
     live_dir = tmp_path / "live"
     live = live_logger(str(live_dir))
     train, heldout = split
-    metrics = train_reward_model(model, tok, train, heldout, cfg, MAX_LENGTH, 0, CPU, live)
+    metrics, _ = train_reward_model(one_process(), model, tok, train, heldout, cfg, MAX_LENGTH, 0, live)
     live.end()
 
     losses = read_tsv(live_dir / "plots" / "metrics" / "train_loss.tsv", "train_loss")
@@ -136,7 +141,9 @@ def batchers(encoded, reference, tok):
 def run(base_model, encoded, reference, tok, cfg, policy=None):
     train, heldout = batchers(encoded, reference, tok)
     policy = lora_policy(base_model) if policy is None else policy
-    return train_preferences(policy, train, heldout, N_TRAIN, len(encoded["heldout"]["chosen"]), cfg, seed=0)
+    history, _ = train_preferences(one_process(), policy, train, heldout, N_TRAIN, len(encoded["heldout"]["chosen"]),
+                                   cfg, seed=0)
+    return history
 
 
 def test_reference_equals_the_lora_policy_at_step_0(base_model, encoded, reference, tok):
@@ -144,9 +151,11 @@ def test_reference_equals_the_lora_policy_at_step_0(base_model, encoded, referen
     batches (chosen and rejected padded together) agree, so DPO starts at exactly log 2."""
     cfg = dpo_cfg()
     train, _ = batchers(encoded, reference, tok)
-    stats = evaluate(lora_policy(base_model), train, N_TRAIN, cfg)
-    assert stats["loss"] == pytest.approx(LOG2, abs=1e-5)
-    assert abs(stats["kl_chosen"]) < 1e-4 and abs(stats["kl_rejected"]) < 1e-4
+    # The training pairs as the held-out set: the objective's end-of-epoch evaluation, before any step.
+    objective = pair_objective(one_process(), train, train, N_TRAIN, N_TRAIN, cfg)
+    stats = objective.evaluate(ResponseLogprobs(lora_policy(base_model)).eval())
+    assert stats["heldout_loss"] == pytest.approx(LOG2, abs=1e-5)
+    assert abs(stats["heldout_kl_chosen"]) < 1e-4 and abs(stats["heldout_kl_rejected"]) < 1e-4
 
 
 def test_dpo_sigmoid_lora_loss_falls_every_epoch(base_model, encoded, reference, tok):

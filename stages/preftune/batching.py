@@ -20,6 +20,11 @@ class Sequence:
     def response_len(self) -> int:
         return len(self.ids) - self.prompt_len
 
+    @property
+    def scored_tokens(self) -> int:
+        """Response tokens that get a log-prob: all of them, except a first token, which nothing predicts."""
+        return len(self.ids) - max(self.prompt_len, 1)
+
 
 class Encoder:
     """Tokenizes (prompt, response) so that the prompt's ids are a prefix of the sequence.
@@ -78,6 +83,10 @@ def collate(sequences: list[Sequence], pad_id: int) -> dict[str, torch.Tensor]:
         attention_mask[b, :n] = 1
         response_mask[b, seq.prompt_len:n] = True
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

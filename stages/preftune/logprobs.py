@@ -80,3 +80,19 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
     """Summed response log-prob per sequence (B,), and the response token count (B,)."""
     logps, mask = token_logprobs(model, batch)
     return logps.sum(-1), mask.sum(-1).float()
+
+
+class ResponseLogprobs(torch.nn.Module):
+    """A causal LM as a module whose forward returns (summed response log-probs, response token counts).
+
+    This is what training hands to accelerate: DDP and FSDP wrap a module's forward, so the output head, which
+    `token_logprobs` applies outside the LM's own forward, must run inside this one (under FSDP the head's
+    weights exist in full only during the wrapped forward)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, response_mask):
+        return sequence_logprobs(self.model, {"input_ids": input_ids, "attention_mask": attention_mask,
+                                              "response_mask": response_mask})

@@ -127,6 +127,16 @@ def load_causal_lm(path: str, trust_remote_code: bool = False):
     return model
 
 
+def load_adapter(model, path: str):
+    """`model` with the LoRA adapter saved in `path` (a PeftModel); a broken adapter is one line."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, path)
+    except Exception as err:  # a truncated or foreign adapter file
+        raise load_error("LoRA adapter", path, err) from None
+
+
 def load_error(what: str, path: str, err: Exception) -> UserError:
     """One line for a model that will not load. A pipeline output (data/, models/) is restored or rebuilt by
     DVC; anything else came from params.yaml's model.base."""

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .batching import Encoder, Sequence, collate
+from .batching import Encoder, Sequence, collate, to_device
 from .logprobs import sequence_logprobs
-from .training import to_device
 
 KINDS = ("chosen", "rejected", "mismatched")
 
@@ -33,4 +32,4 @@ def logprobs_of(model, sequences: list[Sequence], pad_id: int, device, batch_siz
     model.eval()
     sums = [sequence_logprobs(model, to_device(collate(sequences[i:i + batch_size], pad_id), device))[0].cpu()
             for i in range(0, len(sequences), batch_size)]
-    return torch.cat(sums)
+    return torch.cat(sums) if sums else torch.zeros(0)

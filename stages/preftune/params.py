@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import yaml
 
@@ -50,7 +51,8 @@ def start_stage(description: str) -> Section:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun / accelerate launch: one log per launch
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(name)s: %(message)s")
     logging.captureWarnings(True)  # library warnings (e.g. beta = 0) arrive as log lines
     params = load_params(args.params)
     validate(params)

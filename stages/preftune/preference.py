@@ -8,20 +8,17 @@ reference log-probs equal the adapter-disabled policy's, and no second copy of t
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import torch
-from tqdm import tqdm
 
-from .batching import Sequence, batch_order, collate
-from .logprobs import sequence_logprobs
+from .batching import Sequence, collate, to_device
+from .logprobs import ResponseLogprobs
 from .losses import LOSSES, NEEDS_KL_ESTIMATE, PairLogps, pair_diagnostics, preference_loss
 from .errors import ConfigError
 from .schema import SCHEMA, validate
-from .training import adamw, log_metrics, to_device, warmup_cosine
+from .training import Objective, Run, fit
 
-log = logging.getLogger(__name__)
 EPOCH_METRICS = ("loss", "pair_accuracy", "kl_chosen", "kl_rejected", "implicit_r_w", "implicit_r_l", "margin")
 
 
@@ -38,14 +35,15 @@ def check_config(cfg: dict) -> None:
 
 
 class PairBatcher:
-    """Turns index lists into one padded batch holding chosen then rejected (one forward for both)."""
+    """Turns index lists into one padded batch holding chosen then rejected (one forward for both). `model` is a
+    ResponseLogprobs (as training prepared it, or not): its forward gives summed log-probs and token counts."""
 
     def __init__(self, encoded: dict[str, list[Sequence]], reference: dict[str, torch.Tensor] | None, pad_id: int, device):
         self.encoded, self.reference, self.pad, self.device = encoded, reference, pad_id, device
 
     def policy_and_reference(self, model, idx: list[int], self_reference: bool, needs_kl: bool) -> PairLogps:
         seqs = [self.encoded["chosen"][i] for i in idx] + [self.encoded["rejected"][i] for i in idx]
-        sums, counts = sequence_logprobs(model, to_device(collate(seqs, self.pad), self.device))
+        sums, counts = model(**to_device(collate(seqs, self.pad), self.device))
         b = len(idx)
         pc, pr = sums[:b], sums[b:]
         if self_reference:  # the seed's exercise: the policy is its own (moving) reference
@@ -57,7 +55,7 @@ class PairBatcher:
         if needs_kl:
             with torch.no_grad():
                 mis = [self.encoded["mismatched"][i] for i in idx]
-                pm, _ = sequence_logprobs(model, to_device(collate(mis, self.pad), self.device))
+                pm, _ = model(**to_device(collate(mis, self.pad), self.device))
                 ref_m = pm if self_reference else self.reference["mismatched"][idx].to(self.device)
                 kl = (pm - ref_m).mean().clamp(min=0)
         return PairLogps(pc, pr, rc, rr, counts[:b], counts[b:], kl)
@@ -68,60 +66,43 @@ def loss_options(cfg: dict) -> dict:
             "orpo_lambda": cfg["orpo_lambda"]}
 
 
-@torch.no_grad()
-def evaluate(model, batcher: PairBatcher, n: int, cfg: dict, batch_size: int = 32) -> dict:
-    """Loss and diagnostics on a whole split, pair-weighted means."""
-    model.eval()
-    totals: dict[str, float] = {}
-    for start in range(0, n, batch_size):
-        idx = list(range(start, min(start + batch_size, n)))
+def pair_step(batcher: PairBatcher, cfg: dict):
+    """The DPO step's loss for the training loop: (summed loss, diagnostics summed over the pairs) of a batch."""
+    def loss(model, idx: list[int]):
         logps = batcher.policy_and_reference(model, idx, cfg["reference"] == "self", cfg["loss"] in NEEDS_KL_ESTIMATE)
+        losses = preference_loss(cfg["loss"], logps, cfg["beta"], loss_options(cfg))
         stats = pair_diagnostics(logps, cfg["beta"])
-        stats["loss"] = preference_loss(cfg["loss"], logps, cfg["beta"], loss_options(cfg)).mean().item()
-        for k in EPOCH_METRICS:
-            totals[k] = totals.get(k, 0.0) + stats[k] * len(idx)
-    return {k: v / n for k, v in totals.items()}
+        return losses.sum(), {k: stats[k] * len(idx) for k in EPOCH_METRICS if k != "loss"}
+    return loss
 
 
-def train_preferences(model, train: PairBatcher, heldout: PairBatcher, n_train: int, n_heldout: int, cfg: dict,
-                      seed: int, epoch_live=None, step_live=None) -> list[dict]:
-    """Optimise the trainable parameters of `model` on preference pairs; returns per-epoch metrics."""
-    check_config(cfg)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise ConfigError("the policy has no trainable parameters (loss would stay at log 2); check dpo.lora")
-    steps = -(-n_train // cfg["batch_size"]) * cfg["epochs"]
-    optimizer = adamw(trainable, cfg["lr"], cfg["weight_decay"])
-    scheduler = warmup_cosine(optimizer, steps, cfg["warmup_steps"], cfg["schedule"])
+def pair_objective(run: Run, train: PairBatcher, heldout: PairBatcher, n_train: int, n_heldout: int,
+                   cfg: dict) -> Objective:
+    step = pair_step(train, cfg)
+
+    def evaluate(model) -> dict:
+        """Loss and diagnostics on the held-out pairs, pair-weighted means."""
+        held = pair_step(heldout, cfg)
+
+        def sums(idx):
+            loss, stats = held(model, idx)
+            return {"loss": loss, "pairs": len(idx), **stats}
+        totals = run.evaluate_sums(n_heldout, 32, sums)
+        return {f"heldout_{k}": totals[k] / totals["pairs"] for k in EPOCH_METRICS}
+
     lengths = [len(train.encoded["chosen"][i].ids) + len(train.encoded["rejected"][i].ids) for i in range(n_train)]
-    history = []
-    for epoch in range(1, cfg["epochs"] + 1):
-        model.train()
-        totals: dict[str, float] = {}
-        for idx in tqdm(batch_order(lengths, cfg["batch_size"], seed + epoch), desc=f"dpo epoch {epoch}", leave=False):
-            logps = train.policy_and_reference(model, idx, cfg["reference"] == "self", cfg["loss"] in NEEDS_KL_ESTIMATE)
-            loss = preference_loss(cfg["loss"], logps, cfg["beta"], loss_options(cfg)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg["max_grad_norm"]).item()
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            stats = pair_diagnostics(logps, cfg["beta"])
-            stats["loss"] = loss.item()
-            for k in EPOCH_METRICS:
-                totals[k] = totals.get(k, 0.0) + stats[k] * len(idx)
-            if step_live is not None:
-                log_metrics(step_live, {**{k: stats[k] for k in EPOCH_METRICS}, "grad_norm": grad_norm})
-                step_live.log_metric("lr", lr)  # unrounded: a decayed lr can be far below 1e-6
-                step_live.next_step()
-        metrics = {f"train_{k}": v / n_train for k, v in totals.items()}
-        metrics.update({f"heldout_{k}": v for k, v in evaluate(model, heldout, n_heldout, cfg).items()})
-        history.append(metrics)
-        log.info("epoch %d: loss %.4f acc %.3f kl_w %+.3f kl_l %+.3f | held-out loss %.4f acc %.3f", epoch,
-                 metrics["train_loss"], metrics["train_pair_accuracy"], metrics["train_kl_chosen"],
-                 metrics["train_kl_rejected"], metrics["heldout_loss"], metrics["heldout_pair_accuracy"])
-        if epoch_live is not None:
-            log_metrics(epoch_live, {k.replace("_", "/", 1): v for k, v in metrics.items()})  # train/loss, heldout/loss
-            epoch_live.next_step()
-    return history
+    return Objective(lengths=lengths, weight=len, loss=step, evaluate=evaluate)
+
+
+def train_preferences(run: Run, policy, train: PairBatcher, heldout: PairBatcher, n_train: int, n_heldout: int,
+                      cfg: dict, seed: int, epoch_live=None, step_live=None):
+    """Optimise the trainable parameters of `policy` (a causal LM) on preference pairs. Returns the per-epoch
+    metrics and the prepared ResponseLogprobs, whose `.model` is the trained policy."""
+    check_config(cfg)
+    if not any(p.requires_grad for p in policy.parameters()):
+        raise ConfigError("the policy has no trainable parameters (loss would stay at log 2); check dpo.lora")
+    return fit(run, ResponseLogprobs(policy), cfg, pair_objective(run, train, heldout, n_train, n_heldout, cfg), seed,
+               "dpo", epoch_live=epoch_live, step_live=step_live,
+               show=("train_loss", "train_pair_accuracy", "train_kl_chosen", "train_kl_rejected", "heldout_loss",
+                     "heldout_pair_accuracy"),
+               live_name=lambda k: k.replace("_", "/", 1))  # train/loss, heldout/loss

@@ -12,11 +12,9 @@ import random
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from .batching import Encoder, batch_order, collate
+from .batching import Encoder, collate, to_device
 from .gold import is_correct
-from .training import adamw, log_metrics, to_device, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +47,31 @@ def load_reward_model(path: str, trust_remote_code: bool = False):
     return model
 
 
+def last_token_rewards(model, input_ids, attention_mask) -> torch.Tensor:
+    """Rewards (B,): the scalar head at each sequence's last real token (right padding, lengths from the mask)."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    last = attention_mask.sum(-1) - 1
+    return model.score(hidden[torch.arange(len(input_ids), device=hidden.device), last]).squeeze(-1).float()
+
+
+class RewardScorer(torch.nn.Module):
+    """The reward model as a module whose forward returns rewards: what training hands to accelerate, so the
+    backbone and the head both run inside the wrapped forward (DDP, FSDP)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, response_mask=None):
+        return last_token_rewards(self.model, input_ids, attention_mask)
+
+
 def score(model, sequences, pad_id: int, device) -> torch.Tensor:
-    """Rewards (B,) for encoded sequences, in one forward: the head at each sequence's last real token."""
+    """Rewards (B,) for encoded sequences, in one forward. `model` is a reward model (it has a `score` head), or a
+    RewardScorer, as training prepared it or not."""
     batch = to_device(collate(sequences, pad_id), device)
-    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    last = batch["attention_mask"].sum(-1) - 1
-    return model.score(hidden[torch.arange(len(sequences), device=hidden.device), last]).squeeze(-1).float()
+    scorer = RewardScorer(model) if hasattr(model, "score") else model
+    return scorer(batch["input_ids"], batch["attention_mask"])
 
 
 @torch.no_grad()
@@ -73,54 +90,30 @@ def pair_scores(model, pairs, pad_id: int, device) -> tuple[torch.Tensor, torch.
     return rewards[: len(pairs)], rewards[len(pairs):]
 
 
+def pair_sums(model, pairs, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Sums over pairs of what evaluate_pairs reports (so that ranks can add them up)."""
+    c, r = pair_scores(model, pairs, pad_id, device)
+    both = torch.cat([c, r])
+    return {"pairs": len(pairs), "correct": (c > r).sum(), "margin": (c - r).sum(), "reward": both.sum(),
+            "reward_sq": (both ** 2).sum()}
+
+
+def summarise(sums: dict) -> dict:
+    n = sums["pairs"]
+    mean = sums["reward"] / (2 * n)
+    var = max(sums["reward_sq"] - 2 * n * mean ** 2, 0.0) / max(2 * n - 1, 1)
+    return {"accuracy": sums["correct"] / n, "margin": sums["margin"] / n, "reward_mean": mean,
+            "reward_std": var ** 0.5}
+
+
 @torch.no_grad()
 def evaluate_pairs(model, pairs, pad_id: int, device, batch_size: int = 32) -> dict:
     model.eval()
-    chosen, rejected = [], []
+    totals: dict = {}
     for start in range(0, len(pairs), batch_size):
-        c, r = pair_scores(model, pairs[start:start + batch_size], pad_id, device)
-        chosen.append(c)
-        rejected.append(r)
-    c, r = torch.cat(chosen), torch.cat(rejected)
-    both = torch.cat([c, r])
-    return {"accuracy": (c > r).float().mean().item(), "margin": (c - r).mean().item(),
-            "reward_mean": both.mean().item(), "reward_std": both.std().item()}
-
-
-def train_reward_model(model, tokenizer, train: list[dict], heldout: list[dict], cfg: dict, max_length: int,
-                       seed: int, device, live=None) -> dict:
-    encode = Encoder(tokenizer, max_length)
-    to_pairs = lambda rows: [(encode(r["prompt"], r["chosen"]), encode(r["prompt"], r["rejected"])) for r in rows]
-    train_pairs, heldout_pairs = to_pairs(train), to_pairs(heldout)
-    pad = tokenizer.pad_token_id
-    steps = -(-len(train_pairs) // cfg["batch_size"]) * cfg["epochs"]
-    optimizer = adamw(model.parameters(), cfg["lr"], cfg["weight_decay"])
-    scheduler = warmup_cosine(optimizer, steps, cfg["warmup_steps"])
-    metrics: dict = {}
-    for epoch in range(1, cfg["epochs"] + 1):
-        model.train()
-        losses = []
-        lengths = [len(c.ids) + len(r.ids) for c, r in train_pairs]
-        for idx in tqdm(batch_order(lengths, cfg["batch_size"], seed + epoch), desc=f"reward epoch {epoch}", leave=False):
-            r_w, r_l = pair_scores(model, [train_pairs[i] for i in idx], pad, device)
-            loss = reward_model_loss(r_w, r_l, cfg["center_coef"]).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-        train_eval = evaluate_pairs(model, train_pairs, pad, device)
-        heldout_eval = evaluate_pairs(model, heldout_pairs, pad, device)
-        metrics = {"train_loss": sum(losses) / len(losses),
-                   "train_accuracy": train_eval["accuracy"], "train_margin": train_eval["margin"],
-                   "heldout_accuracy": heldout_eval["accuracy"], "heldout_margin": heldout_eval["margin"],
-                   "reward_mean": heldout_eval["reward_mean"], "reward_std": heldout_eval["reward_std"]}
-        log.info("epoch %d: " + " ".join(f"{k} %.4f" for k in metrics), epoch, *metrics.values())
-        if live is not None:
-            log_metrics(live, metrics)
-            live.next_step()
-    return {**metrics, **encode.stats()}
+        for k, v in pair_sums(model, pairs[start:start + batch_size], pad_id, device).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return summarise(totals)
 
 
 def gold_agreement(model, tokenizer, policy, gold: list[dict], max_length: int, n_prompts: int, samples: int,

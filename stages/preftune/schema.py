@@ -130,8 +130,13 @@ def _int(low=None, high=None, **kw) -> Number:
 
 
 LR, DECAY, CLIP = _n(0, 1, low_open=True), _n(0), _n(0, low_open=True)
+ENGINE = {  # every training stage's: what large models need (training.py)
+    "precision": Text(("fp32", "bf16", "fp16")), "gradient_accumulation_steps": _int(1),
+    "gradient_checkpointing": Flag(),
+}
 SCHEMA = {
     "seed": _int(0),
+    "launcher": Text(),
     "data": {
         "source": Text(),
         "format": Nullable(Text(("yaml", "yml", "jsonl", "json", "csv", "parquet"))),
@@ -146,16 +151,16 @@ SCHEMA = {
     },
     "sft": {
         "epochs": _int(0), "lr": LR, "batch_size": _int(1), "warmup_steps": _int(0), "weight_decay": DECAY,
-        "max_grad_norm": CLIP, "eval_max_new_tokens": _int(1),
+        "max_grad_norm": CLIP, **ENGINE, "eval_max_new_tokens": _int(1),
     },
     "reward": {
         "epochs": _int(1), "lr": LR, "batch_size": _int(1), "warmup_steps": _int(0), "weight_decay": DECAY,
-        "max_grad_norm": CLIP, "center_coef": _n(0), "agreement_prompts": _int(0), "agreement_samples": _int(1),
+        "max_grad_norm": CLIP, **ENGINE, "center_coef": _n(0), "agreement_prompts": _int(0), "agreement_samples": _int(1),
     },
     "dpo": {
         "seed": Nullable(_int(0)), "loss": Text(), "beta": _n(0), "reference": Text(("sft", "self")),
         "lr": LR, "epochs": _int(1), "batch_size": _int(1), "schedule": Text(("constant", "cosine")),
-        "warmup_steps": _int(0), "weight_decay": DECAY, "max_grad_norm": CLIP,
+        "warmup_steps": _int(0), "weight_decay": DECAY, "max_grad_norm": CLIP, **ENGINE,
         "lora": ({"r": _int(1), "alpha": _n(0, low_open=True), "dropout": _n(0, 1, high_open=True),
                   "target_modules": Names(("auto", "all-linear"))}, "nullable"),
         "label_smoothing": _n(0, 0.5, high_open=True), "simpo_gamma": _n(), "orpo_lambda": _n(0),

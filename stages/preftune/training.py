@@ -1,11 +1,135 @@
-"""Pieces every training loop shares: the optimizer, the learning-rate schedule, device moves, and
-DVCLive loggers that write plain files (the plots are declared in the main dvc.yaml)."""
+"""The one training loop. SFT, the reward model and every preference loss run through `fit`, on one CPU or many
+GPUs. Hugging Face accelerate is the engine (DDP, FSDP, DeepSpeed, mixed precision, gradient accumulation); this
+file only decides what an optimizer step is. `train_step` reads like torchtune's single-device recipe: forward,
+loss, backward, clip, step.
+
+One optimizer step takes one *global batch*: batch_size (per device) x processes x accumulation steps items, drawn
+by `batch_order` from the whole training set with the same seed on every rank (every rank holds the data). It is
+cut into processes x accumulation micro-batches, and rank r runs micro-batches r, r + W, r + 2W, ... So what a step
+sees does not depend on how it is spread: 2 ranks x 4 = 1 process x 8 = accumulation 2 x 4.
+
+A micro-batch's loss is a *sum* over its items divided by the whole global batch's weight (its pair count, or its
+response-token count for SFT), times processes x accumulation steps: DDP averages gradients over ranks and
+accelerate's backward divides by the accumulation steps, so the gradient is exactly the global batch's mean, however
+the batch was cut (uneven micro-batches included). Every rank runs the same number of forwards (collectives must
+match): a rank whose micro-batch of a short last batch would be empty runs a stand-in item that counts zero.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from tqdm import tqdm
+
+from .batching import batch_order
+from .errors import ConfigError
+from .modeling import resolve_device
+
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # params.yaml's names -> accelerate's
+
+
+@dataclass
+class Objective:
+    """What a training stage gives `fit`: its items' lengths (for length-grouped batches), each index list's
+    weight in the mean (pairs, or response tokens), and the loss of a micro-batch on the prepared model as
+    (summed loss, {statistic: summed over the items}). `evaluate(model)` gives the end-of-epoch metrics."""
+
+    lengths: list[int]
+    weight: Callable[[list[int]], float]
+    loss: Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    evaluate: Callable[[torch.nn.Module], dict[str, float]]
+
+
+class Run:
+    """This process's place in a launch (one process, or N ranks under torchrun / accelerate launch), and the
+    Accelerator that carries it. Create it before loading a model: it sets up the process group."""
+
+    def __init__(self, device: str, cfg: dict):
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        resolved = resolve_device(device)
+        if cfg["precision"] == "fp16" and resolved.type == "cpu":
+            raise ConfigError("params.yaml: precision fp16 needs a GPU (CPU autocast is bf16 only); use bf16 or fp32")
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # one process may build several Runs (tests, benchmarks)
+            AcceleratorState._reset_state()
+        self.accelerator = Accelerator(cpu=resolved.type == "cpu", mixed_precision=PRECISIONS[cfg["precision"]],
+                                       gradient_accumulation_steps=cfg["gradient_accumulation_steps"])
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        self.is_main = self.accelerator.is_main_process
+        self.device = self.accelerator.device
+        self.accumulation = cfg["gradient_accumulation_steps"]
+        self.sharded = self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+
+    def global_batch(self, batch_size: int) -> int:
+        return batch_size * self.world * self.accumulation
+
+    def my_pieces(self, batch: list[int], per_rank: int) -> list[tuple[list[int], bool]]:
+        """This rank's `per_rank` pieces of `batch` (cut into world x per_rank contiguous pieces), each with
+        whether it counts; an empty piece becomes a stand-in (the batch's first item) that counts zero."""
+        parts = self.world * per_rank
+        size, extra = divmod(len(batch), parts)
+        bounds = [0]
+        for k in range(parts):
+            bounds.append(bounds[-1] + size + (k < extra))
+        pieces = [batch[bounds[k]:bounds[k + 1]] for k in range(parts)]
+        return [(p, True) if p else (batch[:1], False) for p in pieces[self.rank::self.world]]
+
+    def sum(self, values: dict[str, float]) -> dict[str, float]:
+        """Sum each statistic over ranks (every rank must call this with the same keys)."""
+        if self.world == 1:
+            return dict(values)
+        keys = sorted(values)
+        total = self.accelerator.reduce(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                                                     device=self.device), "sum")
+        return dict(zip(keys, total.tolist()))
+
+    @torch.no_grad()
+    def evaluate_sums(self, n: int, batch_size: int, sums: Callable[[list[int]], dict[str, torch.Tensor]]) -> dict:
+        """Per-item statistics summed over items 0..n-1, which are spread over the ranks."""
+        totals: dict[str, float] = {}
+        for start in range(0, n, batch_size * self.world):
+            (idx, counted), = self.my_pieces(list(range(start, min(start + batch_size * self.world, n))), 1)
+            for name, value in sums(idx).items():
+                totals[name] = totals.get(name, 0.0) + (float(value) if counted else 0.0)
+        return self.sum(totals)
+
+    def live(self, directory: str):
+        """A DVCLive logger on the main process; elsewhere one that does nothing."""
+        return live_logger(directory) if self.is_main else _Silent()
+
+    def save_pretrained(self, model, path: str) -> None:
+        """Save the trained model inside the prepared wrapper (its `.model`), once, from the main process.
+        Every rank calls this: under FSDP and ZeRO-3 the full weights are gathered here."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        state = acc.get_state_dict(model) if self.sharded else None
+        if self.is_main:
+            if state is not None:
+                state = {k.removeprefix("model."): v for k, v in state.items()}
+            inner = acc.unwrap_model(model).model
+            if inner.config.use_cache is False:  # enable_checkpointing's: a training setting, not saved with the model
+                inner.gradient_checkpointing_disable()
+                inner.config.use_cache = True
+            inner.save_pretrained(path, state_dict=state)
+        acc.wait_for_everyone()
+
+
+class _Silent:
+    def log_metric(self, *args, **kwargs) -> None:
+        pass
+
+    def next_step(self) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
 
 
 def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -24,8 +148,83 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int, schedule: str 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
+def enable_checkpointing(model) -> None:
+    """Activation checkpointing: keep each layer's input, recompute the layer in backward (less memory, ~30% more
+    compute). Non-reentrant, so it needs no input gradients and works under LoRA, DDP and FSDP."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
+def prepare(run: Run, model: torch.nn.Module, cfg: dict, n_items: int):
+    """The prepared model, optimizer and (unprepared: it steps once per optimizer step) lr schedule."""
+    model.to(run.device)
+    optimizer = adamw(model.parameters(), cfg["lr"], cfg["weight_decay"])
+    steps = -(-n_items // run.global_batch(cfg["batch_size"])) * cfg["epochs"]
+    scheduler = warmup_cosine(optimizer, steps, cfg["warmup_steps"], cfg.get("schedule", "cosine"))
+    model, optimizer = run.accelerator.prepare(model, optimizer)
+    return model, optimizer, scheduler
+
+
+def train_step(run: Run, model, optimizer, scheduler, objective: Objective, batch: list[int], max_grad_norm: float):
+    """One optimizer step on one global batch. Returns this rank's summed statistics (with "loss" and "weight")
+    and the gradient norm before clipping."""
+    acc, step_weight = run.accelerator, objective.weight(batch)
+    stats: dict[str, float] = {}
+    grad_norm = None
+    for idx, counted in run.my_pieces(batch, run.accumulation):
+        with acc.accumulate(model):
+            loss, item_stats = objective.loss(model, idx)
+            acc.backward(loss * (run.world * run.accumulation * counted / step_weight))
+            if acc.sync_gradients:
+                grad_norm = float(acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                      max_grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if counted:
+            for name, value in {"loss": loss.detach(), "weight": objective.weight(idx), **item_stats}.items():
+                stats[name] = stats.get(name, 0.0) + float(value)
+    scheduler.step()
+    return stats, grad_norm
+
+
+def fit(run: Run, model, cfg: dict, objective: Objective, seed: int, name: str, epoch_live=None, step_live=None,
+        show: tuple[str, ...] = ("train_loss",), live_name: Callable[[str], str] = str) -> list[dict]:
+    """Train for cfg["epochs"] epochs. Returns each epoch's metrics (train_<statistic>, a mean per weight unit, and
+    `objective.evaluate`'s) and the prepared model, whose `.model` is the trained one. Logs the keys in `show` once
+    an epoch, every metric to `epoch_live` (named by `live_name`) and per-step means to `step_live`."""
+    model, optimizer, scheduler = prepare(run, model, cfg, len(objective.lengths))
+    log = logging.getLogger(name)  # lines read "dpo: epoch 3: ..."
+    log.info("%d items, %d epochs; an optimizer step sees %d = %d per device x %d process(es) x %d accumulation "
+             "step(s); precision %s%s", len(objective.lengths), cfg["epochs"], run.global_batch(cfg["batch_size"]),
+             cfg["batch_size"], run.world, run.accumulation, cfg["precision"],
+             ", activation checkpointing" if cfg["gradient_checkpointing"] else "")
+    history = []
+    for epoch in range(1, cfg["epochs"] + 1):
+        model.train()
+        totals: dict[str, float] = {}
+        batches = batch_order(objective.lengths, run.global_batch(cfg["batch_size"]), seed + epoch)
+        for batch in tqdm(batches, desc=f"{name} epoch {epoch}", leave=False, disable=not run.is_main):
+            lr = scheduler.get_last_lr()[0]
+            stats, grad_norm = train_step(run, model, optimizer, scheduler, objective, batch, cfg["max_grad_norm"])
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value
+            if step_live is not None:
+                step = run.sum(stats)
+                log_metrics(step_live, {k: v / step["weight"] for k, v in step.items() if k != "weight"})
+                log_metrics(step_live, {"grad_norm": grad_norm})
+                step_live.log_metric("lr", lr)  # unrounded: a decayed lr can be far below 1e-6
+                step_live.next_step()
+        totals = run.sum(totals)
+        model.eval()
+        metrics = {f"train_{k}": v / totals["weight"] for k, v in totals.items() if k != "weight"}
+        metrics.update(objective.evaluate(model))
+        history.append(metrics)
+        log.info("epoch %d: %s", epoch, " ".join(
+            f"{k} {metrics[k]:.4f}" for k in show if metrics.get(k) is not None))
+        if epoch_live is not None:
+            log_metrics(epoch_live, {live_name(k): v for k, v in metrics.items()})
+            epoch_live.next_step()
+    return history, model
 
 
 def live_logger(directory: str):

@@ -1,0 +1,111 @@
+"""Data parallel training on CPU: the `dpo` and `reference` stages as 2 ranks under torchrun (gloo backend), in a
+clone where the tiny pipeline has run. What a step sees must not depend on how it is spread: 2 ranks x batch 4,
+1 process x batch 8 and accumulation 2 x batch 4 give the same adapter (within float tolerance), only rank 0
+writes, and the reference stage on 2 ranks gives the same log-probs as on 1 and never reads a policy."""
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dvc_helpers import ENV, VENV_BIN, _run, copy_repo, edit_params
+
+pytestmark = pytest.mark.slow
+
+ADAPTER = "models/dpo/adapter/adapter_model.safetensors"
+REFERENCE = "data/reference/logps.safetensors"
+# Every file a rank opens, with "w" when it opens it for writing: a stage run under this wrapper logs to
+# $OPEN_LOG.<rank>. The audit hook sees Python's own opens (json, yaml, open(), os.open), not native writers.
+WRAPPER = textwrap.dedent("""
+    import os, runpy, sys
+    log = open(os.environ["OPEN_LOG"] + "." + os.environ.get("RANK", "0"), "w")
+    WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            mode, flags = args[1], args[2]
+            writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & WRITE)
+            log.write(("w " if writes else "r ") + os.path.abspath(os.fsdecode(args[0])) + "\\n")
+            log.flush()
+    sys.addaudithook(hook)
+    script = sys.argv[1]
+    sys.argv = sys.argv[1:]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    runpy.run_path(script, run_name="__main__")
+""")
+
+
+def stage(repo: Path, script: str, ranks: int, tmp: Path):
+    """Run stages/<script> as `ranks` processes (torchrun for 2) under the open-logging wrapper."""
+    wrapper = tmp / "opens.py"
+    wrapper.write_text(WRAPPER)
+    env = {**ENV, "OPEN_LOG": str(tmp / f"{script}-{ranks}"), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    launcher = [str(VENV_BIN / "torchrun"), "--nproc_per_node", str(ranks)] if ranks > 1 else [str(VENV_BIN / "python")]
+    _run([*launcher, str(wrapper), f"stages/{script}.py"], repo, env=env)
+    return {rank: (tmp / f"{script}-{ranks}.{rank}").read_text().splitlines() for rank in range(ranks)}
+
+
+def under(repo: Path, opens: list[str], folder: str, mode: str = "w") -> list[str]:
+    root = str((repo / folder).resolve())
+    return [line[2:] for line in opens if line.startswith(mode + " ") and line[2:].startswith(root)]
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_run, tmp_path_factory):
+    """A copy of the tiny run, its DPO set up so that nothing random differs between launches (no LoRA dropout:
+    each rank draws its own dropout masks), with 3 epochs, so that 2 of its 3 batch sizes divide unevenly."""
+    repo = copy_repo(tiny_run.repo, tmp_path_factory.mktemp("distributed") / "repo")
+    edit_params(repo, dpo={"epochs": 3, "lr": 0.003, "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
+                                                               "target_modules": "auto"}})
+    return repo
+
+
+def dpo_adapter(repo: Path, tmp: Path, ranks: int, batch_size: int, accumulation: int):
+    edit_params(repo, dpo={"batch_size": batch_size, "gradient_accumulation_steps": accumulation})
+    opens = stage(repo, "dpo", ranks, tmp)
+    manifest = json.loads((repo / "models/dpo/manifest.json").read_text())
+    return load_file(repo / ADAPTER), manifest, opens
+
+
+def test_two_ranks_and_accumulation_train_the_same_adapter_as_one_process(workspace, tmp_path):
+    one, m1, _ = dpo_adapter(workspace, tmp_path, ranks=1, batch_size=8, accumulation=1)
+    two, m2, opens = dpo_adapter(workspace, tmp_path, ranks=2, batch_size=4, accumulation=1)
+    acc, m3, _ = dpo_adapter(workspace, tmp_path, ranks=1, batch_size=4, accumulation=2)
+
+    assert (m1["world_size"], m2["world_size"], m3["world_size"]) == (1, 2, 1)
+    assert m1["effective_batch_size"] == m2["effective_batch_size"] == m3["effective_batch_size"] == 8
+    assert m3["gradient_accumulation_steps"] == 2
+    assert set(one) == set(two) == set(acc)
+    lora_b = max(one[k].abs().max().item() for k in one if "lora_B" in k)
+    assert lora_b > 1e-3, "the adapter did not train: the comparison would prove nothing"
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=f"2 ranks x 4: {name}")
+        torch.testing.assert_close(acc[name], one[name], rtol=1e-4, atol=1e-5, msg=f"accumulation 2 x 4: {name}")
+    assert m1["final_train_loss"] == pytest.approx(m2["final_train_loss"], abs=1e-5)
+    assert m1["final_train_loss"] == pytest.approx(m3["final_train_loss"], abs=1e-5)
+
+    # Only rank 0 writes: rank 1 opened nothing under models/ or metrics/ for writing, rank 0 did.
+    assert under(workspace, opens[0], "models/dpo") and under(workspace, opens[0], "metrics/dpo")
+    assert under(workspace, opens[1], "models") == [] and under(workspace, opens[1], "metrics") == []
+
+
+def test_reference_on_two_ranks_equals_one_and_reads_no_policy(workspace, tmp_path):
+    one_opens = stage(workspace, "reference", 1, tmp_path)
+    one = load_file(workspace / REFERENCE)
+    encoding_one = (workspace / "data/reference/encoding.json").read_text()
+    opens = stage(workspace, "reference", 2, tmp_path)
+    two = load_file(workspace / REFERENCE)
+
+    assert set(one) == set(two)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5, msg=name)
+    assert (workspace / "data/reference/encoding.json").read_text() == encoding_one
+    assert under(workspace, opens[1], "data") == []  # rank 1 wrote nothing
+    # The reference is the SFT model's: no rank of either launch read anything of models/dpo.
+    for rank_opens in [*one_opens.values(), *opens.values()]:
+        assert under(workspace, rank_opens, "models/dpo", mode="r") == []
+        assert under(workspace, rank_opens, "models/sft", mode="r")
+    assert os.path.isdir(workspace / "models/dpo/adapter")  # there was a policy to read, and it was not read
