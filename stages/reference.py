@@ -1,7 +1,7 @@
 """reference: log-probs of every training and held-out pair under the SFT model, computed once.
 
 It reads no dpo.* key, so changing beta, the loss or the learning rate reuses its output. Launched as N ranks
-(params.yaml `launcher`), rank r computes pairs r, r + N, ... on its own plain copy of models/sft (no wrapper, no
+(params.yaml `launcher`), rank r computes batches r, r + N, ... on its own plain copy of models/sft (no wrapper, no
 adapter: nothing here can ever be the policy) and rank 0 writes the file."""
 
 import logging
@@ -18,6 +18,7 @@ from preftune.paths import REFERENCE, REFERENCE_ENCODING, SFT, prepared
 from preftune.pairs import encode_pairs, logprobs_of, reference_key
 
 log = logging.getLogger("reference")
+BATCH = 64
 
 
 def main() -> None:
@@ -34,9 +35,11 @@ def main() -> None:
     for split in ("train", "heldout"):
         encoded = encode_pairs(encode, data.read_jsonl(prepared(split)))
         for kind, sequences in encoded.items():
-            mine = logprobs_of(model, sequences[rank::world], tokenizer.pad_token_id, device).tolist()
-            found = dict(gather_object(list(zip(range(rank, len(sequences), world), mine))))
-            tensors[reference_key(split, kind)] = torch.tensor([found[i] for i in range(len(sequences))])
+            # Whole batches per rank, the same batches as one process computes: the same bytes, however many ranks.
+            mine = [(start, logprobs_of(model, sequences[start:start + BATCH], tokenizer.pad_token_id, device).tolist())
+                    for start in range(0, len(sequences), BATCH)[rank::world]]
+            found = dict(gather_object(mine))
+            tensors[reference_key(split, kind)] = torch.tensor([x for start in sorted(found) for x in found[start]])
     if not state.is_main_process:
         return
     Path(REFERENCE).parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Data parallel training on CPU: the `dpo` and `reference` stages as 2 ranks under torchrun (gloo backend), in a
 clone where the tiny pipeline has run. What a step sees must not depend on how it is spread: 2 ranks x batch 4,
 1 process x batch 8 and accumulation 2 x batch 4 give the same adapter (within float tolerance), only rank 0
-writes, and the reference stage on 2 ranks gives the same log-probs as on 1 and never reads a policy."""
+writes, and the reference stage on 2 ranks writes the same bytes as on 1 and never reads a policy."""
 
 import json
 import os
@@ -94,14 +94,12 @@ def test_two_ranks_and_accumulation_train_the_same_adapter_as_one_process(worksp
 
 def test_reference_on_two_ranks_equals_one_and_reads_no_policy(workspace, tmp_path):
     one_opens = stage(workspace, "reference", 1, tmp_path)
-    one = load_file(workspace / REFERENCE)
+    one = (workspace / REFERENCE).read_bytes()
     encoding_one = (workspace / "data/reference/encoding.json").read_text()
     opens = stage(workspace, "reference", 2, tmp_path)
-    two = load_file(workspace / REFERENCE)
 
-    assert set(one) == set(two)
-    for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5, msg=name)
+    assert (workspace / REFERENCE).read_bytes() == one  # each rank runs whole batches of one process's run
+    assert len(load_file(workspace / REFERENCE)["train/chosen"]) == 30
     assert (workspace / "data/reference/encoding.json").read_text() == encoding_one
     assert under(workspace, opens[1], "data") == []  # rank 1 wrote nothing
     # The reference is the SFT model's: no rank of either launch read anything of models/dpo.
