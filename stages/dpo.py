@@ -25,7 +25,7 @@ def main() -> None:
     check_config(cfg)  # before anything is written: a bad value leaves no partial outputs
     # dpo.seed varies only DPO's own randomness (LoRA init, batch order) over a fixed SFT model and data.
     seed = seed if cfg["seed"] is None else cfg["seed"]
-    run = Run(model_cfg["device"], cfg)  # one process, or this rank of a torchrun / accelerate launch
+    run = Run(model_cfg["device"], cfg, "dpo", params)  # one process, or this rank of a torchrun / accelerate launch
     modeling.seed_everything(seed)  # the same on every rank: the same LoRA initialisation
 
     # The reference log-probs must be those of this data: checked before any model is loaded.
@@ -64,13 +64,17 @@ def main() -> None:
     step_live.end()
 
     run.save_pretrained(trained, DPO_ADAPTER if lora else DPO)
-    if not run.is_main:
-        return
+    if run.is_main:
+        write_merged_model_and_manifest(run, policy, tokenizer, cfg, seed, history[-1], encode.stats())
+    run.finish()
+
+
+def write_merged_model_and_manifest(run, policy, tokenizer, cfg: dict, seed: int, final: dict, encoding: dict) -> None:
+    lora = cfg["lora"]
     if lora:  # models/dpo is the plain merged model; under FSDP/ZeRO the in-memory policy is sharded: reload
         base = policy if not run.sharded else modeling.load_adapter(modeling.load_causal_lm(SFT), DPO_ADAPTER)
         base.merge_and_unload().save_pretrained(DPO)
     tokenizer.save_pretrained(DPO)
-    final = history[-1]
     data.write_json(f"{DPO}/manifest.json", {
         "seed": seed, "beta": cfg["beta"], "lr": cfg["lr"], "epochs": cfg["epochs"], "loss": cfg["loss"],
         "batch_size": cfg["batch_size"], "world_size": run.world,
@@ -79,9 +83,8 @@ def main() -> None:
         "reference": cfg["reference"], "lora": lora,
         "final_train_loss": round(final["train_loss"], 6),
         "final_train_pair_accuracy": round(final["train_pair_accuracy"], 6),
-        "encoding": encode.stats(),
+        "encoding": encoding,
     })
-
 
 if __name__ == "__main__":
     with exit_on_user_error("dpo"):

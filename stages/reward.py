@@ -17,7 +17,7 @@ log = logging.getLogger("reward")
 def main() -> None:
     params = start_stage(__doc__)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "reward")
-    run = Run(model_cfg["device"], cfg)  # one process, or this rank of a torchrun / accelerate launch
+    run = Run(model_cfg["device"], cfg, "reward", params)  # one process, or this rank of a torchrun / accelerate launch
     modeling.seed_everything(seed)  # the same on every rank: the same initial head
 
     train = data.read_jsonl(prepared("train"))
@@ -45,6 +45,7 @@ def main() -> None:
         log_metrics(live, {k: metrics.get(k) for k in ("gold_agreement", "gold_agreement_pairs", "truncated",
                                                        "boundary_merges")})
     live.end()
+    run.finish()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ log = logging.getLogger("sft")
 def main() -> None:
     params = start_stage(__doc__)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "sft")
-    run = Run(model_cfg["device"], cfg)  # one process, or this rank of a torchrun / accelerate launch
+    run = Run(model_cfg["device"], cfg, "sft", params)  # one process, or this rank of a torchrun / accelerate launch
     modeling.seed_everything(seed)  # the same on every rank: every rank builds the same initial model
 
     demos = data.read_jsonl(prepared("sft"))
@@ -59,6 +59,7 @@ def main() -> None:
         log_metrics(live, {k: v for k, v in metrics.items() if k in ("gold_accuracy", "parameters", "truncated",
                                                                      "boundary_merges")})
     live.end()
+    run.finish()
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 # stage -> (a line the stage logs, seconds to wait after it)
 WITH_CACHE = {
     "prepare": ("> python stages/prepare.py", 0.0),
-    "sft": ("supervised: epoch 1", 0.0),
-    "reward": ("reward_model: epoch 1", 0.0),
+    "sft": ("sft: epoch 1", 0.0),
+    "reward": ("reward: epoch 1", 0.0),
     "reference": ("> python stages/reference.py", 1.0),
     "dpo": ("dpo: policy:", 0.0),
     "evaluate": ("evaluate: win rate", 0.0),
@@ -32,7 +32,7 @@ EMPTY_CACHE = {
     "sft": ("parameters, vocabulary", 0.0),
     "reward": ("> python stages/reward.py", 1.0),
     "reference": ("reference: reference log-probs", 0.0),
-    "dpo": ("preference: epoch 1", 0.0),
+    "dpo": ("dpo: epoch 1", 0.0),
     "evaluate": ("> python stages/evaluate.py", 1.0),
 }
 

@@ -92,6 +92,7 @@ class ResponseLogprobs(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP shards the LM layer by layer
 
     def forward(self, input_ids, attention_mask, response_mask):
         return sequence_logprobs(self.model, {"input_ids": input_ids, "attention_mask": attention_mask,

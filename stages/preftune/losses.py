@@ -52,8 +52,8 @@ def cdpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: fl
     Summed log-probs. e = 0 is DPO. This is TRL's `loss_type="sigmoid"` with `label_smoothing=e`.
     """
     _check_beta(beta)
-    if not 0.0 <= label_smoothing <= 0.5:
-        raise LossConfigError(f"label_smoothing for cdpo must be in [0, 0.5], got {label_smoothing}")
+    if not 0.0 <= label_smoothing < 0.5:  # at 0.5 the labels are coin flips: nothing left to learn
+        raise LossConfigError(f"label_smoothing for cdpo must be in [0, 0.5), got {label_smoothing}")
     z = beta * _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     return -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 

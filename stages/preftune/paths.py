@@ -7,6 +7,7 @@ SFT, REWARD, DPO = "models/sft", "models/reward", "models/dpo"
 DPO_ADAPTER = f"{DPO}/adapter"
 REFERENCE = "data/reference/logps.safetensors"
 REFERENCE_ENCODING = "data/reference/encoding.json"
+CHECKPOINTS = "checkpoints"  # checkpoints/<stage>/<inputs key>/: git- and dvc-ignored, not a stage output
 
 
 def prepared(name: str) -> str:

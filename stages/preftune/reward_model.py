@@ -61,6 +61,7 @@ class RewardScorer(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP shards the LM layer by layer
 
     def forward(self, input_ids, attention_mask, response_mask=None):
         return last_token_rewards(self.model, input_ids, attention_mask)

@@ -137,6 +137,7 @@ ENGINE = {  # every training stage's: what large models need (training.py)
 SCHEMA = {
     "seed": _int(0),
     "launcher": Text(),
+    "checkpoints": {"every_steps": _int(0), "keep": Flag()},
     "data": {
         "source": Text(),
         "format": Nullable(Text(("yaml", "yml", "jsonl", "json", "csv", "parquet"))),

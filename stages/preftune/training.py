@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .batching import batch_order
+from .checkpoints import Checkpoints
 from .errors import ConfigError
 from .modeling import resolve_device
 
@@ -49,7 +50,8 @@ class Run:
     """This process's place in a launch (one process, or N ranks under torchrun / accelerate launch), and the
     Accelerator that carries it. Create it before loading a model: it sets up the process group."""
 
-    def __init__(self, device: str, cfg: dict):
+    def __init__(self, device: str, cfg: dict, stage: str | None = None, params: dict | None = None):
+        """`stage` and `params` (the whole params.yaml) turn on checkpoints and resume (checkpoints.py)."""
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
@@ -66,6 +68,8 @@ class Run:
         self.device = self.accelerator.device
         self.accumulation = cfg["gradient_accumulation_steps"]
         self.sharded = self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+        self.checkpoints = Checkpoints(stage, params, self.accelerator) if stage else None
+        self.lives: dict = {}
 
     def global_batch(self, batch_size: int) -> int:
         return batch_size * self.world * self.accumulation
@@ -101,8 +105,21 @@ class Run:
         return self.sum(totals)
 
     def live(self, directory: str):
-        """A DVCLive logger on the main process; elsewhere one that does nothing."""
-        return live_logger(directory) if self.is_main else _Silent()
+        """A DVCLive logger on the main process (continuing a checkpoint's, when resuming); elsewhere one that
+        does nothing."""
+        step = self.checkpoints.restore_live(directory) if self.checkpoints else None
+        if not self.is_main:
+            return _Silent()
+        live = live_logger(directory, resume=step is not None)
+        if step is not None:
+            live.step = step
+        self.lives[directory] = live
+        return live
+
+    def finish(self) -> None:
+        """The stage has written its outputs: its checkpoints can go."""
+        if self.checkpoints:
+            self.checkpoints.finish()
 
     def save_pretrained(self, model, path: str) -> None:
         """Save the trained model inside the prepared wrapper (its `.model`), once, from the main process.
@@ -162,6 +179,7 @@ def prepare(run: Run, model: torch.nn.Module, cfg: dict, n_items: int):
     steps = -(-n_items // run.global_batch(cfg["batch_size"])) * cfg["epochs"]
     scheduler = warmup_cosine(optimizer, steps, cfg["warmup_steps"], cfg.get("schedule", "cosine"))
     model, optimizer = run.accelerator.prepare(model, optimizer)
+    run.accelerator.register_for_checkpointing(scheduler)
     return model, optimizer, scheduler
 
 
@@ -175,9 +193,9 @@ def train_step(run: Run, model, optimizer, scheduler, objective: Objective, batc
         with acc.accumulate(model):
             loss, item_stats = objective.loss(model, idx)
             acc.backward(loss * (run.world * run.accumulation * counted / step_weight))
-            if acc.sync_gradients:
-                grad_norm = float(acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                      max_grad_norm))
+            if acc.sync_gradients:  # DeepSpeed clips inside its engine and may report no norm
+                norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+                grad_norm = None if norm is None else float(norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if counted:
@@ -198,12 +216,27 @@ def fit(run: Run, model, cfg: dict, objective: Objective, seed: int, name: str, 
              "step(s); precision %s%s", len(objective.lengths), cfg["epochs"], run.global_batch(cfg["batch_size"]),
              cfg["batch_size"], run.world, run.accumulation, cfg["precision"],
              ", activation checkpointing" if cfg["gradient_checkpointing"] else "")
-    history = []
-    for epoch in range(1, cfg["epochs"] + 1):
+    history, start_epoch, start_step, resumed = [], 1, 0, {}
+    position = run.checkpoints.load() if run.checkpoints else None
+    if position:
+        history, start_epoch, start_step = position["history"], position["epoch"], position["step"]
+        # The epoch's statistics so far, summed over ranks: rank 0 carries them, the others start from zero.
+        resumed = {k: v if run.is_main else 0.0 for k, v in position["totals"].items()}
+        log.info("resuming from checkpoint %s: epoch %d, after step %d of it", run.checkpoints.latest,
+                 start_epoch, start_step)
+    every = run.checkpoints.every_steps if run.checkpoints else 0
+
+    def checkpoint(epoch: int, step: int, totals: dict) -> None:
+        if run.checkpoints:
+            run.checkpoints.save({"epoch": epoch, "step": step, "totals": totals, "history": history}, run.lives)
+
+    for epoch in range(start_epoch, cfg["epochs"] + 1):
         model.train()
-        totals: dict[str, float] = {}
+        totals: dict[str, float] = resumed if epoch == start_epoch else {}
         batches = batch_order(objective.lengths, run.global_batch(cfg["batch_size"]), seed + epoch)
-        for batch in tqdm(batches, desc=f"{name} epoch {epoch}", leave=False, disable=not run.is_main):
+        done = start_step if epoch == start_epoch else 0  # batches of this epoch already trained on
+        for k, batch in enumerate(tqdm(batches[done:], desc=f"{name} epoch {epoch}", leave=False,
+                                       disable=not run.is_main), start=done + 1):
             lr = scheduler.get_last_lr()[0]
             stats, grad_norm = train_step(run, model, optimizer, scheduler, objective, batch, cfg["max_grad_norm"])
             for key, value in stats.items():
@@ -214,6 +247,8 @@ def fit(run: Run, model, cfg: dict, objective: Objective, seed: int, name: str, 
                 log_metrics(step_live, {"grad_norm": grad_norm})
                 step_live.log_metric("lr", lr)  # unrounded: a decayed lr can be far below 1e-6
                 step_live.next_step()
+            if every and k % every == 0 and k < len(batches):
+                checkpoint(epoch, k, run.sum(totals))
         totals = run.sum(totals)
         model.eval()
         metrics = {f"train_{k}": v / totals["weight"] for k, v in totals.items() if k != "weight"}
@@ -224,15 +259,16 @@ def fit(run: Run, model, cfg: dict, objective: Objective, seed: int, name: str, 
         if epoch_live is not None:
             log_metrics(epoch_live, {live_name(k): v for k, v in metrics.items()})
             epoch_live.next_step()
+        checkpoint(epoch + 1, 0, {})
     return history, model
 
 
-def live_logger(directory: str):
+def live_logger(directory: str, resume: bool = False):
     """A DVCLive logger that writes metrics.json and plots/*.tsv under `directory` and nothing else:
     no dvc.yaml of its own, no experiment commits, no timestamps (outputs stay a pure function of inputs)."""
     from dvclive import Live
 
-    return Live(directory, dvcyaml=False, save_dvc_exp=False, report=None, monitor_system=False)
+    return Live(directory, dvcyaml=False, save_dvc_exp=False, report=None, monitor_system=False, resume=resume)
 
 
 def log_metrics(live, metrics: dict, prefix: str = "") -> None:

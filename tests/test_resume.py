@@ -1,0 +1,48 @@
+"""Exact resume: `dvc repro` killed (SIGKILL to the whole tree) while `dpo` trains in epoch 3 or later, then
+`dvc repro` again. The stage resumes from its last checkpoint (one log line says so) and ends with exactly the
+dvc.lock of a run that was never killed: the same model, adapter and manifest bytes, the same DVCLive files (so
+the step count went on where it stopped), the same git-tracked evaluation; and no checkpoint is left behind."""
+
+import pytest
+
+from dvc_helpers import Background, copy_repo, dvc, edit_params, git, output, stages_run, tree_digest
+
+pytestmark = pytest.mark.slow
+
+# 30 training pairs in batches of 2: 15 steps an epoch, a checkpoint every 4 steps and at each epoch's end,
+# so the kill lands between checkpoints of either kind.
+DPO = {"epochs": 6, "batch_size": 2}
+CHECKPOINTS = {"every_steps": 4, "keep": False}
+
+
+def configured(tiny_run, dest):
+    repo = copy_repo(tiny_run.repo, dest)
+    edit_params(repo, dpo=DPO, checkpoints=CHECKPOINTS)
+    git("commit", "-qam", "longer dpo, checkpoints every 4 steps", cwd=repo)
+    return repo
+
+
+def test_killed_dpo_resumes_to_the_uninterrupted_outputs(tiny_run, tmp_path):
+    straight = configured(tiny_run, tmp_path / "straight")
+    assert stages_run(dvc("repro", cwd=straight)) == {"dpo", "evaluate"}
+    assert not (straight / "checkpoints").exists()
+
+    repo = configured(tiny_run, tmp_path / "killed")
+    run = Background(["repro"], repo)
+    seen = run.wait_for("dpo: epoch 2:")
+    assert seen is not None, run.text
+    killed = run.kill_tree()
+    assert killed is not None and "dpo: epoch 6:" not in run.text, f"the kill came too late:\n{run.text}"
+    assert any((repo / "checkpoints" / "dpo").rglob("position.json")), "no checkpoint to resume from"
+
+    repro = dvc("repro", cwd=repo)
+    text = output(repro)
+    assert stages_run(repro) == {"dpo", "evaluate"}, text
+    resumed = [line for line in text.splitlines() if "resuming from checkpoint" in line]
+    assert len(resumed) == 1, text
+    epoch = int(resumed[0].split(": epoch ")[1].split(",")[0])
+    assert epoch >= 3, resumed[0]  # killed after epoch 2 had ended
+    assert "dpo: epoch 1:" not in text and "dpo: epoch 6:" in text  # it went on, it did not start over
+    assert (repo / "dvc.lock").read_text() == (straight / "dvc.lock").read_text()
+    assert tree_digest(repo / "metrics") == tree_digest(straight / "metrics")  # DVCLive and git-tracked files
+    assert not (repo / "checkpoints").exists()
