@@ -3,20 +3,26 @@ vocabulary projection (logprobs.full_vocab_token_logprobs), on a real pretrained
 
     .venv/bin/python benchmarks/logprob_memory.py                      # SmolLM2-135M-Instruct, 8 x 256 tokens
     .venv/bin/python benchmarks/logprob_memory.py --model <dir|gguf|package:...> --batch 8 --length 256
+    .venv/bin/python benchmarks/logprob_memory.py --device cuda --model random-llama-1b   # a random ~1.1B Llama
+    .venv/bin/python benchmarks/logprob_memory.py --launcher 'accelerate launch --config_file launch/fsdp2_lora.yaml'
 
 Each measurement is a fresh process (peak RSS cannot be reset within one): it loads the model, runs the stages'
 own step (training.train_step: AdamW on every weight with supervised.sft_objective, as `sft` trains; a LoRA r8
 all-linear policy with preference.pair_objective's sigmoid loss, as `dpo` trains) once to warm up and once
 measured, and reports the peak RSS of the process and the step time. Variants: the full-vocabulary log-probs
-against the chunked ones (fp32), then the chunked ones with bf16 autocast and/or activation checkpointing. Sequences are random token ids: a 32-token prompt and a response to `--length`.
-Results go to benchmarks/results/logprob_memory.json (git-ignored).
+against the chunked ones (fp32), then the chunked ones with bf16 autocast and/or activation checkpointing.
+Sequences are random token ids: a 32-token prompt and a response to `--length`. On a GPU the peak GPU memory
+(torch.cuda.max_memory_allocated) is reported too; with --launcher each measurement runs under that launcher
+(FSDP, DeepSpeed) and rank 0 reports. Results go to benchmarks/results/ (git-ignored).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -50,7 +56,7 @@ def use_full_vocabulary() -> None:
     logprobs.token_logprobs = full
 
 
-def child(stage: str, variant: str, model_dir: str, batch: int, length: int) -> dict:
+def child(stage: str, variant: str, model_dir: str, batch: int, length: int, device: str = "cpu") -> dict:
     """One measurement. `variant` is "full_vocabulary" or "chunked", optionally with "+bf16" (autocast) and
     "+checkpointing" (activation checkpointing), the stages' `precision` and `gradient_checkpointing` params."""
     torch.manual_seed(0)
@@ -59,7 +65,7 @@ def child(stage: str, variant: str, model_dir: str, batch: int, length: int) -> 
     cfg = {"precision": "bf16" if "+bf16" in variant else "fp32", "gradient_accumulation_steps": 1,
            "gradient_checkpointing": "+checkpointing" in variant, "batch_size": batch, "epochs": 1,
            "lr": 1e-5 if stage == "sft" else 1e-4, "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0}
-    run = Run("cpu", cfg)
+    run = Run(device, cfg)
     tokenizer = modeling.load_tokenizer(model_dir)
     model = modeling.load_causal_lm(model_dir)
     if cfg["gradient_checkpointing"]:
@@ -87,8 +93,23 @@ def child(stage: str, variant: str, model_dir: str, batch: int, length: int) -> 
     step()
     seconds = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"stage": stage, "variant": variant, "peak_rss_gb": round(peak_kib / 1024**2, 2),
-            "step_s": round(seconds, 1)}
+    out = {"stage": stage, "variant": variant, "peak_rss_gb": round(peak_kib / 1024**2, 2), "step_s": round(seconds, 2),
+           "processes": run.world, "engine": run.accelerator.distributed_type.value}
+    if run.device.type == "cuda":
+        out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    return out
+
+
+def random_llama(tokenizer, layers: int = 22):
+    """A ~1.1B-parameter Llama (TinyLlama's shape) with random weights: throughput and memory do not depend on them."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
+                         num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def main() -> None:
@@ -97,27 +118,42 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="sequences (sft) or pairs (dpo) per step")
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--stages", nargs="+", default=["sft", "dpo"], choices=["sft", "dpo"])
+    parser.add_argument("--output", default="", help="file name under benchmarks/results/")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (peak GPU memory is reported too)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--launcher", default="", help="e.g. 'accelerate launch --config_file launch/fsdp2_lora.yaml "
+                        "--num_processes 1': each measurement runs under it (default: a plain python process)")
     parser.add_argument("--child", nargs=3, metavar=("STAGE", "VARIANT", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child, args.batch, args.length)))
+        out = child(*args.child, args.batch, args.length, args.device)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(out))
         return
     with tempfile.TemporaryDirectory() as tmp:
         # Convert once (a GGUF file dequantizes slowly): every child loads plain safetensors.
-        modeling.load_causal_lm(args.model).save_pretrained(tmp)
-        modeling.load_tokenizer(args.model).save_pretrained(tmp)
+        if args.model == "random-llama-1b":
+            tokenizer = modeling.load_tokenizer(SMOLLM2)
+            random_llama(tokenizer).save_pretrained(tmp)
+        else:
+            tokenizer = modeling.load_tokenizer(args.model)
+            modeling.load_causal_lm(args.model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         rows = []
         for stage in args.stages:
-            for variant in VARIANTS:
-                out = subprocess.run([sys.executable, __file__, "--child", stage, variant, tmp, "--batch",
-                                      str(args.batch), "--length", str(args.length)],
+            for variant in args.variants:
+                launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
+                out = subprocess.run([*launcher, __file__, "--child", stage, variant, tmp, "--batch",
+                                      str(args.batch), "--length", str(args.length), "--device", args.device],
                                      capture_output=True, text=True, check=True)
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"{stage:4} {variant:27} peak RSS {rows[-1]['peak_rss_gb']:6.2f} GB   step {rows[-1]['step_s']:6.1f} s",
-                      flush=True)
+                gpu = f"   peak GPU {rows[-1]['peak_gpu_gb']:6.2f} GB" if "peak_gpu_gb" in rows[-1] else ""
+                print(f"{stage:4} {variant:27} peak RSS {rows[-1]['peak_rss_gb']:6.2f} GB{gpu}   "
+                      f"step {rows[-1]['step_s']:7.2f} s   {rows[-1]['engine']}", flush=True)
     result = {"model": args.model, "batch": args.batch, "length": args.length, "prompt_tokens": PROMPT_TOKENS,
-              "torch_threads": torch.get_num_threads(), "rows": rows}
-    path = Path(__file__).parent / "results" / "logprob_memory.json"
+              "device": args.device, "launcher": args.launcher or "python", "torch_threads": torch.get_num_threads(),
+              "rows": rows}
+    path = Path(__file__).parent / "results" / (args.output or "logprob_memory.json")
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
 
