@@ -8,6 +8,7 @@ import os
 
 import yaml
 
+from . import cores
 from .errors import ConfigError
 from .schema import validate
 
@@ -56,4 +57,5 @@ def start_stage(description: str) -> Section:
     logging.captureWarnings(True)  # library warnings (e.g. beta = 0) arrive as log lines
     params = load_params(args.params)
     validate(params)
+    cores.register()  # share the CPU with the other stages running on this machine (cores.py)
     return params

@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from . import cores
 from .batching import batch_order
 from .checkpoints import Checkpoints
 from .errors import ConfigError
@@ -186,6 +187,7 @@ def prepare(run: Run, model: torch.nn.Module, cfg: dict, n_items: int):
 def train_step(run: Run, model, optimizer, scheduler, objective: Objective, batch: list[int], max_grad_norm: float):
     """One optimizer step on one global batch. Returns this rank's summed statistics (with "loss" and "weight")
     and the gradient norm before clipping."""
+    cores.adjust()  # a neighbour started or ended: resize the thread pool to this stage's share
     acc, step_weight = run.accelerator, objective.weight(batch)
     stats: dict[str, float] = {}
     grad_norm = None
