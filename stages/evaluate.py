@@ -16,7 +16,7 @@ from preftune.generation import generate_answers
 from preftune.logprobs import sequence_logprobs
 from preftune.params import section, start_stage
 from preftune.paths import DPO, DPO_ADAPTER, REWARD, SFT, prepared
-from preftune.reward_model import load_reward_model, score_texts
+from preftune.reward_model import evaluate_pairs, load_reward_model, score_texts
 from preftune.gold import is_correct
 
 log = logging.getLogger("evaluate")
@@ -63,6 +63,16 @@ class Policies:
         return statistics.fmean(diffs)
 
 
+def judge_accuracy(reward_model, encode: Encoder, rows: list[dict], device) -> dict:
+    """The judge's accuracy on preference pairs it never trained on (chosen scored strictly above rejected), with
+    its 95% Wilson interval."""
+    if not rows:
+        return {"accuracy": None, "ci95": None, "n": 0}
+    pairs = [(encode(r["prompt"], r["chosen"]), encode(r["prompt"], r["rejected"])) for r in rows]
+    correct = round(evaluate_pairs(reward_model, pairs, encode.tokenizer.pad_token_id, device)["accuracy"] * len(rows))
+    return {"accuracy": correct / len(rows), "ci95": list(judge.wilson_interval(correct, len(rows))), "n": len(rows)}
+
+
 def main() -> None:
     params = start_stage(__doc__)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "evaluate")
@@ -77,13 +87,27 @@ def main() -> None:
     truncation: dict = {}
     gen = {"max_new_tokens": cfg["max_new_tokens"], "batch_size": cfg["batch_size"], "max_length": model_cfg["max_length"]}
 
+    def compare(prompts: list[str]):
+        """Greedy answers of both policies and the judge's rewards for them."""
+        answers = {m: policies.answers(m, tokenizer, prompts, **gen, stats=truncation if m == "sft" else None)
+                   for m in ("sft", "dpo")}
+        rewards = {m: score_texts(reward_model, encode, prompts, answers[m], device) for m in ("sft", "dpo")}
+        return answers, rewards, [a == b for a, b in zip(answers["dpo"], answers["sft"])]
+
+    def gold_outcomes(records: list[dict], answers: dict, prefix: str) -> dict:
+        """Gold accuracy of both policies, their paired difference and the gold checker's win/tie/loss."""
+        correct = {m: [is_correct(r, a) for r, a in zip(records, answers[m])] for m in ("sft", "dpo")}
+        paired = judge.paired_difference(correct["dpo"], correct["sft"])
+        wins, losses = round(paired["gold_win_rate"] * paired["n"]), round(paired["gold_loss_rate"] * paired["n"])
+        return correct, {f"{prefix}gold_accuracy_sft": paired["accuracy_b"],
+                         f"{prefix}gold_accuracy_dpo": paired["accuracy_a"],
+                         f"{prefix}gold_wins": wins, f"{prefix}gold_ties": paired["n"] - wins - losses,
+                         f"{prefix}gold_losses": losses}
+
     # The seed's headline: held-out prompts, greedy answers, the reward model as judge.
     heldout = data.read_jsonl(prepared("heldout"))
     prompts = [r["prompt"] for r in heldout]
-    answers = {m: policies.answers(m, tokenizer, prompts, **gen, stats=truncation if m == "sft" else None)
-               for m in ("sft", "dpo")}
-    rewards = {m: score_texts(reward_model, encode, prompts, answers[m], device) for m in ("sft", "dpo")}
-    identical = [a == b for a, b in zip(answers["dpo"], answers["sft"])]
+    answers, rewards, identical = compare(prompts)
     metrics = judge.win_rate_summary(rewards["dpo"], rewards["sft"], identical=identical)
     metrics.update({
         "reward_mean_sft": statistics.fmean(rewards["sft"]), "reward_mean_dpo": statistics.fmean(rewards["dpo"]),
@@ -93,15 +117,31 @@ def main() -> None:
         "kl_dpo_sft": policies.kl_estimate(tokenizer, prompts, cfg["kl_samples"], cfg["max_new_tokens"],
                                            model_cfg["max_length"], seed, device),
     })
+    # Is the judge worth hearing? Its accuracy on the held-out pairs (the seed's 50) and on fresh pairs no stage
+    # trained on (the built-in task makes 500). A win rate from a judge whose interval includes chance is noise.
+    held, fresh = (judge_accuracy(reward_model, encode, rows, device)
+                   for rows in (heldout, data.read_jsonl(prepared("judge"))))
+    evidence = fresh if fresh["n"] else held
+    metrics.update({"judge_accuracy": held["accuracy"], "judge_accuracy_ci95": held["ci95"], "judge_pairs": held["n"],
+                    "judge_accuracy_fresh": fresh["accuracy"], "judge_accuracy_fresh_ci95": fresh["ci95"],
+                    "judge_pairs_fresh": fresh["n"], "win_rate_informative": evidence["ci95"][0] > 0.5})
+    if all("correct" in r for r in heldout):  # the gold checker's verdict on the same 50 prompts
+        metrics.update(gold_outcomes(heldout, answers, "heldout_")[1])
+
+    # Settings are chosen on these: fresh prompts that no reported figure uses.
+    validation = data.read_jsonl(prepared("validation"))
+    if validation:
+        v_answers, v_rewards, v_identical = compare([r["prompt"] for r in validation])
+        summary = judge.win_rate_summary(v_rewards["dpo"], v_rewards["sft"], identical=v_identical)
+        metrics.update({f"validation_{k}": summary[k] for k in ("win_rate", "wins", "ties", "losses")})
+        metrics.update(gold_outcomes(validation, v_answers, "validation_")[1])
 
     # The honest measure: fresh prompts, the gold checker.
     gold = data.read_jsonl(prepared("gold"))
     if gold:
         gold_prompts = [r["prompt"] for r in gold]
-        gold_answers = {m: policies.answers(m, tokenizer, gold_prompts, **gen, stats=truncation if m == "sft" else None)
-                        for m in ("sft", "dpo")}
-        correct = {m: [is_correct(r, a) for r, a in zip(gold, gold_answers[m])] for m in ("sft", "dpo")}
-        gold_rewards = {m: score_texts(reward_model, encode, gold_prompts, gold_answers[m], device) for m in ("sft", "dpo")}
+        gold_answers, gold_rewards, _ = compare(gold_prompts)
+        correct, _ = gold_outcomes(gold, gold_answers, "")
         paired = judge.paired_difference(correct["dpo"], correct["sft"])
         prefers = [None if d == s else d > s for d, s in zip(gold_rewards["dpo"], gold_rewards["sft"])]
         agreement = judge.judge_agreement(prefers, correct["dpo"], correct["sft"])
@@ -115,6 +155,13 @@ def main() -> None:
     metrics["sequences_truncated"] = encode.truncated
     metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
     data.write_json("metrics/eval.json", metrics)
+    # The seed's run manifest: what was trained (models/dpo/manifest.json) and how it did.
+    trained = data.read_json(f"{DPO}/manifest.json")
+    data.write_json("metrics/manifest.json", {
+        **{k: trained[k] for k in ("seed", "beta", "lr", "epochs", "loss", "batch_size", "effective_batch_size")},
+        **{k: metrics.get(k) for k in ("win_rate", "win_rate_ci95", "wins", "ties", "losses", "win_rate_informative",
+                                       "judge_accuracy", "judge_accuracy_fresh", "gold_accuracy_sft",
+                                       "gold_accuracy_dpo")}})
 
     rows = []
     for i, record in enumerate(heldout):
@@ -130,8 +177,11 @@ def main() -> None:
         writer.writerows(rows)
 
     plots.render_all(metrics, rewards, "metrics/plots")
-    log.info("win rate %.3f (ties as half %.3f; %d/%d/%d) | gold accuracy sft %s dpo %s | KL %.3f",
+    judged_by = (f"judge accuracy {evidence['accuracy']:.2f} [{evidence['ci95'][0]:.2f}, {evidence['ci95'][1]:.2f}] "
+                 f"on {evidence['n']} {'fresh' if fresh['n'] else 'held-out'} pairs")
+    log.info("win rate %.3f (ties as half %.3f; %d/%d/%d; %s%s) | gold accuracy sft %s dpo %s | KL %.3f",
              metrics["win_rate"], metrics["win_rate_ties_half"], metrics["wins"], metrics["ties"], metrics["losses"],
+             judged_by, "" if metrics["win_rate_informative"] else ": UNINFORMATIVE, the judge may be guessing",
              metrics.get("gold_accuracy_sft"), metrics.get("gold_accuracy_dpo"), metrics["kl_dpo_sft"])
 
 

@@ -21,16 +21,15 @@ from preftune.paths import RAW, TOKENIZER, prepared
 log = logging.getLogger("prepare")
 
 
-def built_in_task(seed: int, cfg: dict) -> tuple[list[dict], list[dict], list[dict]]:
+def built_in_task(seed: int, cfg: dict) -> dict[str, list[dict]]:
     for key, allowed in (("tutor_noise", task.CATEGORIES), ("rejected_kinds", ("habit",) + task.ANSWER_KINDS)):
         for name in cfg[key]:
             if name not in allowed:
                 raise ConfigError(f"params.yaml: data.{key}: unknown key '{name}'; use one of {', '.join(allowed)}")
     if not any(cfg["rejected_kinds"].values()):
         raise ConfigError("params.yaml: data.rejected_kinds: every weight is 0; give at least one kind a weight")
-    generated = task.generate(seed, cfg["pairs"], cfg["sft_demos"], cfg["gold_prompts"],
-                              cfg["tutor_noise"], cfg["rejected_kinds"])
-    return generated["pairs"], generated["sft"], generated["gold"]
+    return task.generate(seed, cfg["pairs"], cfg["sft_demos"], cfg["gold_prompts"], cfg["tutor_noise"],
+                         cfg["rejected_kinds"], cfg["validation_prompts"], cfg["judge_pairs"])
 
 
 def check_source(source: str) -> None:
@@ -94,9 +93,10 @@ def main() -> None:
     tokenizer = None if scratch else modeling.load_tokenizer(model_cfg["base"], model_cfg["trust_remote_code"])
     render = (tokenizer is not None and modeling.chat_renderer(tokenizer)) or formats.render_plain
     if cfg["source"] == "grammar":  # a generator may repeat a pair by chance: that is sampling, not a bad row
-        (pairs, sft, gold), duplicates = built_in_task(seed, cfg), 0
-    else:
-        pairs, sft, gold = load_user_pairs(cfg["source"], cfg["format"], render), None, []
+        generated, duplicates = built_in_task(seed, cfg), 0
+        pairs, sft, gold, validation, judge = (generated[k] for k in ("pairs", "sft", "gold", "validation", "judge"))
+    else:  # a user dataset has no gold checker: no gold or validation prompts, no fresh judge pairs
+        pairs, sft, gold, validation, judge = load_user_pairs(cfg["source"], cfg["format"], render), None, [], [], []
         pairs, duplicates = drop_duplicates(pairs, cfg["duplicates"], cfg["source"])
     if scratch:
         tokenizer = modeling.train_tokenizer(scratch_tokenizer_texts(pairs, sft), model_cfg["vocab_size"])
@@ -111,13 +111,16 @@ def main() -> None:
         sft = [{"prompt": r["prompt"], "response": r["chosen"]} for r in train]
     train, swapped = data.swap_labels(train, cfg["label_noise"], seed)
 
-    for name, rows in (("train", train), ("heldout", heldout), ("sft", sft), ("gold", gold)):
+    for name, rows in (("train", train), ("heldout", heldout), ("sft", sft), ("gold", gold),
+                       ("validation", validation), ("judge", judge)):
         data.write_jsonl(prepared(name), rows)
     tokenizer.save_pretrained(TOKENIZER)
     metrics = {
         "pairs": {"train": len(train), "heldout": len(heldout)},
         "sft_demos": len(sft),
         "gold_prompts": len(gold),
+        "validation_prompts": len(validation),
+        "judge_pairs": len(judge),
         "duplicates_dropped": duplicates,
         "length": lengths,
         "label_swapped": swapped,

@@ -39,6 +39,11 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def read_json(path: str | Path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def write_json(path: str | Path, obj) -> None:
     with atomic_open(path) as f:
         f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")

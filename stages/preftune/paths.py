@@ -11,5 +11,5 @@ CHECKPOINTS = "checkpoints"  # checkpoints/<stage>/<inputs key>/: git- and dvc-i
 
 
 def prepared(name: str) -> str:
-    """data/prepared/<name>.jsonl for name in train, heldout, sft, gold."""
+    """data/prepared/<name>.jsonl for name in train, heldout, sft, gold, validation, judge."""
     return f"{PREPARED}/{name}.jsonl"

@@ -66,6 +66,7 @@ def write_plot_data(metrics: dict, out: Path) -> None:
     _write_outcomes(out / "judge_win_tie_loss.csv", (metrics["wins"], metrics["ties"], metrics["losses"]))
     point = {k: metrics[k] for k in ("kl_dpo_sft", "reward_mean_dpo", "reward_mean_sft", "win_rate",
                                      "win_rate_ties_half")}
+    point["win_rate_informative"] = metrics.get("win_rate_informative", True)  # False: the judge may be guessing
     if "gold_n" in metrics:
         n = metrics["gold_n"]
         wins, losses = round(metrics["gold_win_rate"] * n), round(metrics["gold_loss_rate"] * n)
@@ -82,7 +83,8 @@ def render_all(metrics: dict, rewards: dict[str, list[float]], out_dir: str) -> 
     fig, ax = plt.subplots(figsize=(4, 3))
     counts = [metrics["wins"], metrics["ties"], metrics["losses"]]
     ax.bar(["DPO wins", "ties", "SFT wins"], counts, color=["tab:green", "tab:gray", "tab:red"])
-    ax.set_title(f"win rate {metrics['win_rate']:.2f} (n={metrics['n']})", fontsize=10)
+    flag = "" if metrics.get("win_rate_informative", True) else "\nUNINFORMATIVE: the judge's accuracy interval includes 0.5"
+    ax.set_title(f"win rate {metrics['win_rate']:.2f} (n={metrics['n']}){flag}", fontsize=10)
     _save(fig, out / "win_tie_loss.png")
 
     fig, ax = plt.subplots(figsize=(4.5, 3))

@@ -142,6 +142,7 @@ SCHEMA = {
         "source": Text(),
         "format": Nullable(Text(("yaml", "yml", "jsonl", "json", "csv", "parquet"))),
         "pairs": _int(2), "heldout": _int(1), "sft_demos": _int(1), "gold_prompts": _int(0),
+        "validation_prompts": _int(0), "judge_pairs": _int(0),
         "tutor_noise": Weights(_n(0, 1)), "rejected_kinds": Weights(_n(0)),
         "duplicates": Text(("drop", "error")),
         "label_noise": _n(0, 1),

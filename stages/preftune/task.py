@@ -517,14 +517,17 @@ def _weighted_choice(rng: random.Random, weights: dict[str, float]) -> str:
 
 
 def generate(seed: int, n_pairs: int, n_sft: int, n_gold: int, tutor_noise: dict[str, float],
-             rejected_kinds: dict[str, float]) -> dict[str, list[dict]]:
-    """Preference pairs, noisy-tutor SFT demonstrations and gold prompts, with no sentence shared
-    between any two of them (the gold set measures what was never trained on)."""
+             rejected_kinds: dict[str, float], n_validation: int = 0, n_judge: int = 0) -> dict[str, list[dict]]:
+    """Preference pairs, noisy-tutor SFT demonstrations, gold prompts, validation prompts (for choosing settings,
+    so that the held-out and gold figures are reported, not tuned on) and fresh judge pairs (drawn like the
+    pairs, to measure the reward model on data no stage trains on), with no sentence shared between any two of
+    them. Each set has its own random stream, drawn in this order, so a set never changes when only the sets
+    drawn after it change size."""
     unknown = set(tutor_noise) - set(CATEGORIES)
     if unknown:
         raise ValueError(f"unknown categories in tutor_noise: {sorted(unknown)}")
     # One random stream per set: the SFT and gold sets do not change when only pair settings do.
-    streams = {name: random.Random(f"{seed}/{name}") for name in ("pairs", "sft", "gold")}
+    streams = {name: random.Random(f"{seed}/{name}") for name in ("pairs", "sft", "gold", "validation", "judge")}
     seen: set[str] = set()
 
     def fresh_items(n: int, rng: random.Random) -> list[Item]:
@@ -550,14 +553,19 @@ def generate(seed: int, n_pairs: int, n_sft: int, n_gold: int, tutor_noise: dict
         kind = HABITS[item.category] if mistaken else "correct"
         sft.append({**record(item), "response": answer(item, kind, rng), "tutor_kind": kind})
 
-    rng = streams["pairs"]
-    pairs = []
-    for item in fresh_items(n_pairs, rng):
-        kind = _weighted_choice(rng, rejected_kinds)
-        kind = HABITS[item.category] if kind == "habit" else kind
-        rejected = answer(item, kind, rng)
-        if rejected.strip() == item.correct:  # cannot happen with one error per item; keep it honest
-            raise AssertionError(f"rejected equals chosen for {item.prompt!r}")
-        pairs.append({**record(item), "chosen": answer(item, "correct", rng), "rejected": rejected,
-                      "rejected_kind": kind})
-    return {"pairs": pairs, "sft": sft, "gold": gold}
+    def preference_pairs(n: int, rng: random.Random) -> list[dict]:
+        pairs = []
+        for item in fresh_items(n, rng):
+            kind = _weighted_choice(rng, rejected_kinds)
+            kind = HABITS[item.category] if kind == "habit" else kind
+            rejected = answer(item, kind, rng)
+            if rejected.strip() == item.correct:  # cannot happen with one error per item; keep it honest
+                raise AssertionError(f"rejected equals chosen for {item.prompt!r}")
+            pairs.append({**record(item), "chosen": answer(item, "correct", rng), "rejected": rejected,
+                          "rejected_kind": kind})
+        return pairs
+
+    pairs = preference_pairs(n_pairs, streams["pairs"])
+    validation = [record(item) for item in fresh_items(n_validation, streams["validation"])]
+    judge = preference_pairs(n_judge, streams["judge"])
+    return {"pairs": pairs, "sft": sft, "gold": gold, "validation": validation, "judge": judge}
