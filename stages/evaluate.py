@@ -63,14 +63,13 @@ class Policies:
         return statistics.fmean(diffs)
 
 
-def judge_accuracy(reward_model, encode: Encoder, rows: list[dict], device) -> dict:
-    """The judge's accuracy on preference pairs it never trained on (chosen scored strictly above rejected), with
-    its 95% Wilson interval."""
+def judge_hits(reward_model, encode: Encoder, rows: list[dict], device) -> tuple[int, int]:
+    """(pairs where the judge scores chosen strictly above rejected, pairs)."""
     if not rows:
-        return {"accuracy": None, "ci95": None, "n": 0}
+        return 0, 0
     pairs = [(encode(r["prompt"], r["chosen"]), encode(r["prompt"], r["rejected"])) for r in rows]
-    correct = round(evaluate_pairs(reward_model, pairs, encode.tokenizer.pad_token_id, device)["accuracy"] * len(rows))
-    return {"accuracy": correct / len(rows), "ci95": list(judge.wilson_interval(correct, len(rows))), "n": len(rows)}
+    accuracy = evaluate_pairs(reward_model, pairs, encode.tokenizer.pad_token_id, device)["accuracy"]
+    return round(accuracy * len(rows)), len(rows)
 
 
 def main() -> None:
@@ -119,12 +118,9 @@ def main() -> None:
     })
     # Is the judge worth hearing? Its accuracy on the held-out pairs (the seed's 50) and on fresh pairs no stage
     # trained on (the built-in task makes 500). A win rate from a judge whose interval includes chance is noise.
-    held, fresh = (judge_accuracy(reward_model, encode, rows, device)
-                   for rows in (heldout, data.read_jsonl(prepared("judge"))))
-    evidence = fresh if fresh["n"] else held
-    metrics.update({"judge_accuracy": held["accuracy"], "judge_accuracy_ci95": held["ci95"], "judge_pairs": held["n"],
-                    "judge_accuracy_fresh": fresh["accuracy"], "judge_accuracy_fresh_ci95": fresh["ci95"],
-                    "judge_pairs_fresh": fresh["n"], "win_rate_informative": evidence["ci95"][0] > 0.5})
+    reliability = judge.judge_reliability(*(judge_hits(reward_model, encode, rows, device)
+                                            for rows in (heldout, data.read_jsonl(prepared("judge")))))
+    metrics.update(reliability)
     if all("correct" in r for r in heldout):  # the gold checker's verdict on the same 50 prompts
         metrics.update(gold_outcomes(heldout, answers, "heldout_")[1])
 
@@ -177,8 +173,11 @@ def main() -> None:
         writer.writerows(rows)
 
     plots.render_all(metrics, rewards, "metrics/plots")
-    judged_by = (f"judge accuracy {evidence['accuracy']:.2f} [{evidence['ci95'][0]:.2f}, {evidence['ci95'][1]:.2f}] "
-                 f"on {evidence['n']} {'fresh' if fresh['n'] else 'held-out'} pairs")
+    fresh = bool(reliability["judge_pairs_fresh"])
+    accuracy, (lo, hi) = (reliability["judge_accuracy_fresh"], reliability["judge_accuracy_fresh_ci95"]) if fresh \
+        else (reliability["judge_accuracy"], reliability["judge_accuracy_ci95"])
+    judged_by = (f"judge accuracy {accuracy:.2f} [{lo:.2f}, {hi:.2f}] on "
+                 f"{reliability['judge_pairs_fresh' if fresh else 'judge_pairs']} {'fresh' if fresh else 'held-out'} pairs")
     log.info("win rate %.3f (ties as half %.3f; %d/%d/%d; %s%s) | gold accuracy sft %s dpo %s | KL %.3f",
              metrics["win_rate"], metrics["win_rate_ties_half"], metrics["wins"], metrics["ties"], metrics["losses"],
              judged_by, "" if metrics["win_rate_informative"] else ": UNINFORMATIVE, the judge may be guessing",

@@ -29,7 +29,8 @@ STAGES = ["prepare", "sft", "reward", "reference", "dpo", "evaluate"]
 IDENTITY = {"name": "preftune e2e", "email": "e2e@example.invalid"}
 
 TINY = {
-    "data": {"pairs": 40, "heldout": 10, "sft_demos": 200, "gold_prompts": 40},
+    "data": {"pairs": 40, "heldout": 10, "sft_demos": 200, "gold_prompts": 40, "validation_prompts": 20,
+             "judge_pairs": 40},
     "model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 400},
     "sft": {"epochs": 2, "batch_size": 32},
     "reward": {"epochs": 2, "agreement_prompts": 10, "agreement_samples": 2},

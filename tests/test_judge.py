@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from preftune import judge
 from preftune.judge import judge_agreement, paired_difference, wilson_interval, win_rate_summary
 
 
@@ -91,3 +92,21 @@ def test_judge_agreement():
 def test_judge_agreement_without_decisive_prompts():
     r = judge_agreement([True, None], [True, False], [True, False])
     assert r == {"agreement": None, "n_decisive": 0, "judge_ties": 0}
+
+
+@pytest.mark.parametrize("heldout, fresh, informative", [
+    ((29, 50), (0, 0), False),     # 0.58 on the seed's 50 pairs: [0.44, 0.71] includes chance
+    ((45, 50), (0, 0), True),      # 0.90: [0.79, 0.96]
+    ((29, 50), (450, 500), True),  # the fresh pairs, when there are any, decide: 0.90 on 500
+    ((45, 50), (260, 500), False),  # 0.52 on 500 fresh pairs: [0.48, 0.56]; the lucky 50 do not overrule it
+])
+def test_judge_reliability_flags_a_judge_that_may_be_guessing(heldout, fresh, informative):
+    out = judge.judge_reliability(heldout, fresh)
+    assert out["win_rate_informative"] is informative
+    assert out["judge_accuracy"] == heldout[0] / heldout[1] and out["judge_pairs"] == heldout[1]
+    lo, hi = out["judge_accuracy_ci95"]
+    assert lo < out["judge_accuracy"] < hi
+    if fresh[1]:
+        assert out["judge_accuracy_fresh"] == fresh[0] / fresh[1] and out["judge_pairs_fresh"] == fresh[1]
+    else:
+        assert out["judge_accuracy_fresh"] is None and out["judge_accuracy_fresh_ci95"] is None

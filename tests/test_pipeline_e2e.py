@@ -89,8 +89,20 @@ def test_full_run_outputs(pipeline):
     evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
     assert 0.0 <= evaluation["win_rate"] <= 1.0
     assert evaluation["n"] == TINY["data"]["heldout"]
+    # Next to the win rate: the judge's accuracy on the held-out pairs and on fresh pairs, each with an interval,
+    # and whether it is above chance; the gold checker's win/tie/loss on the same held-out prompts.
+    assert evaluation["judge_pairs"] == 10 and evaluation["judge_pairs_fresh"] == TINY["data"]["judge_pairs"]
+    lo, hi = evaluation["judge_accuracy_fresh_ci95"]
+    assert lo <= evaluation["judge_accuracy_fresh"] <= hi
+    assert evaluation["win_rate_informative"] == (lo > 0.5)
+    assert sum(evaluation[f"heldout_gold_{k}"] for k in ("wins", "ties", "losses")) == 10
+    assert sum(evaluation[f"validation_{k}"] for k in ("wins", "ties", "losses")) == TINY["data"]["validation_prompts"]
+    manifest = json.loads((repo / "metrics" / "manifest.json").read_text())
+    assert {"seed", "beta", "lr", "epochs", "win_rate"} <= set(manifest)
+    assert manifest["win_rate"] == evaluation["win_rate"] and manifest["beta"] == TINY["dpo"]["beta"]
     prepared = json.loads((repo / "metrics" / "prepare.json").read_text())
     assert prepared["pairs"] == {"train": 30, "heldout": 10}
+    assert (prepared["validation_prompts"], prepared["judge_pairs"]) == (20, 40)
     for out in ("models/sft", "models/reward", "models/dpo", "data/reference", "metrics/samples.csv"):
         assert (repo / out).exists(), out
     assert_git_clean(repo)

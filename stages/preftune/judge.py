@@ -117,3 +117,18 @@ def judge_agreement(judge_prefers_a: Sequence[bool | None], gold_a: Sequence[boo
         "n_decisive": n_decisive,
         "judge_ties": judge_ties,
     }
+
+
+def judge_reliability(heldout: tuple[int, int], fresh: tuple[int, int] = (0, 0)) -> dict:
+    """Is a win rate from this judge worth anything? Its accuracy (correct, n) on held-out preference pairs and on
+    fresh pairs no stage trained on, each with a 95% Wilson interval. The win rate is informative only when the
+    interval of the larger sample (fresh pairs when there are any) lies above chance (0.5): a judge that may be
+    guessing turns any policy change into a "win rate"."""
+    out = {}
+    for name, (correct, n) in (("judge_accuracy", heldout), ("judge_accuracy_fresh", fresh)):
+        out[name] = correct / n if n else None
+        out[f"{name}_ci95"] = list(wilson_interval(correct, n)) if n else None
+        out[name.replace("accuracy", "pairs")] = n
+    evidence = out["judge_accuracy_fresh_ci95"] if fresh[1] else out["judge_accuracy_ci95"]
+    out["win_rate_informative"] = evidence is not None and evidence[0] > 0.5
+    return out
