@@ -4,7 +4,7 @@
 #   bash experiments/run.sh SET      # SET: break_it | beta_sweep | losses | seeds | all | smollm2
 #
 # For each experiment of the set: `dvc exp remove <name>` (a rerun replaces the old one), then
-# `dvc exp run --queue -n <name> -S key=value ...`. Then `dvc queue start -j 1`, wait until the queue is
+# `dvc exp run --queue -n <name> -S key=value ...`. Then `dvc queue start -j 2`, wait until the queue is
 # empty, and export with experiments/export.py:
 #   experiments/results/<SET>.json         rows of `dvc exp show --json` (name, params, metrics)
 #   experiments/results/<SET>.curves.json  per-epoch / per-step curves from `dvc plots diff --json --split`
@@ -87,11 +87,13 @@ run_set() {
     dvc exp run --queue -n "$name" "${sargs[@]}" || { echo "run.sh: could not queue $name" >&2; exit 1; }
   done <<< "$lines"
 
-  dvc queue start -j 1
+  # Two workers: the stages share the cores (stages/preftune/cores.py), so a 2-job queue takes about 0.6x the
+  # time of a serial one on 2 cores (benchmarks/contention.py, docs/reliability.md).
+  dvc queue start -j 2
   # Wait until none of this set's experiments is queued or running.
   local pattern; pattern=$(printf '%s|' "${names[@]}"); pattern="${pattern%|}"
   while :; do
-    sleep 15
+    sleep 5
     status=$(dvc queue status 2>/dev/null)
     if ! echo "$status" | grep -E "(^|[[:space:]])($pattern)[[:space:]]" | grep -qE "Queued|Running"; then break; fi
   done
