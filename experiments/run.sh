@@ -26,6 +26,7 @@ set_break_it() {
   echo "break-beta10 dpo.beta=10"
   echo "break-labelnoise data.label_noise=0.1"
   echo "break-selfref dpo.reference=self"
+  echo "break-hacking dpo.lr=0.001"   # README "Reward hacking": the judge's win rate rises while gold accuracy falls
 }
 set_beta_sweep() {
   local b
