@@ -80,7 +80,7 @@ def test_plot_data_for_win_tie_loss_and_frontier(tmp_path):
     metrics = {"wins": 14, "ties": 36, "losses": 0, "n": 50, "win_rate": 0.28, "win_rate_ties_half": 0.64,
                "kl_dpo_sft": 0.190858, "reward_mean_dpo": 0.745247, "reward_mean_sft": 0.156319,
                "gold_n": 500, "gold_win_rate": 0.202, "gold_loss_rate": 0.02,
-               "gold_accuracy_dpo": 0.478, "gold_accuracy_sft": 0.296}
+               "gold_accuracy_dpo": 0.478, "gold_accuracy_sft": 0.296, "win_rate_informative": False}
     plots.write_plot_data(metrics, tmp_path)
     judge = read_csv(tmp_path / "judge_win_tie_loss.csv")
     assert [(r["outcome"], float(r["share"]), int(r["count"])) for r in judge] == \
@@ -90,7 +90,7 @@ def test_plot_data_for_win_tie_loss_and_frontier(tmp_path):
         [("DPO wins", 0.202, 101), ("tie", 0.778, 389), ("SFT wins", 0.02, 10)]
     frontier = json.loads((tmp_path / "frontier.json").read_text())
     assert frontier == [{"kl_dpo_sft": 0.190858, "reward_mean_dpo": 0.745247, "reward_mean_sft": 0.156319,
-                         "win_rate": 0.28, "win_rate_ties_half": 0.64,
+                         "win_rate": 0.28, "win_rate_ties_half": 0.64, "win_rate_informative": False,
                          "gold_accuracy_dpo": 0.478, "gold_accuracy_sft": 0.296}]
 
 

@@ -38,7 +38,8 @@ def test_same_seed_same_output_other_seed_other_output():
 def _prepare(workdir: Path, seed: int) -> dict[str, bytes]:
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["seed"] = seed
-    params["data"].update(source="grammar", pairs=60, heldout=10, sft_demos=200, gold_prompts=50)
+    params["data"].update(source="grammar", pairs=60, heldout=10, sft_demos=200, gold_prompts=50,
+                          validation_prompts=20, judge_pairs=30)
     workdir.mkdir()
     (workdir / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     done = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py"), "--params", "params.yaml"],
@@ -51,10 +52,11 @@ def _prepare(workdir: Path, seed: int) -> dict[str, bytes]:
 def test_prepare_files_are_byte_identical_for_the_same_seed(tmp_path):
     first, second = _prepare(tmp_path / "a", 42), _prepare(tmp_path / "b", 42)
     assert sorted(first) == ["data/prepared/gold.jsonl", "data/prepared/heldout.jsonl",
-                             "data/prepared/sft.jsonl", "data/prepared/train.jsonl", "metrics/prepare.json"]
+                             "data/prepared/judge.jsonl", "data/prepared/sft.jsonl", "data/prepared/train.jsonl",
+                             "data/prepared/validation.jsonl", "metrics/prepare.json"]
     assert first == second
     other = _prepare(tmp_path / "c", 43)
-    for name in ("gold.jsonl", "heldout.jsonl", "sft.jsonl", "train.jsonl"):
+    for name in ("gold.jsonl", "heldout.jsonl", "sft.jsonl", "train.jsonl", "validation.jsonl", "judge.jsonl"):
         assert other[f"data/prepared/{name}"] != first[f"data/prepared/{name}"], name
 
 
@@ -182,8 +184,28 @@ def test_no_sentence_shared_between_sets(generated):
 
 
 def test_every_rejected_kind_appears(generated):
+    """Every kind with a weight in params.yaml appears (the default gives rambling no weight)."""
     kinds = Counter(p["rejected_kind"] for p in generated["pairs"])
-    assert set(kinds) == set(task.ANSWER_KINDS)
+    weighted = {task.HABITS[c] for c in task.CATEGORIES} if KINDS.get("habit") else set()
+    weighted |= {k for k in task.ANSWER_KINDS if KINDS.get(k)}
+    assert set(kinds) == weighted
+    every = task.generate(42, 200, 0, 0, NOISE, {k: 1.0 for k in ("habit",) + task.ANSWER_KINDS})["pairs"]
+    assert {p["rejected_kind"] for p in every} == set(task.ANSWER_KINDS)
+
+
+def test_validation_prompts_and_judge_pairs_are_fresh_and_leave_the_other_sets_alone():
+    """Validation prompts and fresh judge pairs share no sentence with any other set, and adding them changes
+    none of the sets drawn before them (pairs, SFT, gold)."""
+    without = task.generate(42, 60, 200, 50, NOISE, KINDS)
+    with_them = task.generate(42, 60, 200, 50, NOISE, KINDS, n_validation=40, n_judge=80)
+    for name in ("pairs", "sft", "gold"):
+        assert with_them[name] == without[name], name
+    assert len(with_them["validation"]) == 40 and len(with_them["judge"]) == 80
+    correct = {name: {r["correct"] for r in with_them[name]} for name in ("pairs", "sft", "gold", "validation", "judge")}
+    for a in correct:
+        for b in correct:
+            if a < b:
+                assert not correct[a] & correct[b], (a, b)
 
 
 def test_habit_rejected_answers_are_the_tutors_habit():
