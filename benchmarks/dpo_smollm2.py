@@ -127,7 +127,7 @@ def trl_child(cfg: dict, model_dir: str, steps: int, workdir: str) -> dict:
         learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, max_steps=steps + 1, max_length=MAX_LENGTH,
         bf16=True, use_cpu=True, precompute_ref_log_probs=cfg["precompute"], **{ckpt_key: cfg["checkpointing"]},
         report_to=[], logging_strategy="no", save_strategy="no", eval_strategy="no", disable_tqdm=True,
-        dataloader_num_workers=0, seed=SEED)
+        dataloader_num_workers=0, dataloader_drop_last=True, seed=SEED)  # every step 8 pairs, as A's
     lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules="all-linear",
                       bias="none", task_type="CAUSAL_LM")
     with warnings.catch_warnings():
