@@ -93,12 +93,13 @@ def main() -> None:
         rewards = {m: score_texts(reward_model, encode, prompts, answers[m], device) for m in ("sft", "dpo")}
         return answers, rewards, [a == b for a, b in zip(answers["dpo"], answers["sft"])]
 
-    def gold_outcomes(records: list[dict], answers: dict, prefix: str) -> dict:
-        """Gold accuracy of both policies, their paired difference and the gold checker's win/tie/loss."""
+    def gold_outcomes(records: list[dict], answers: dict, prefix: str):
+        """The gold checker's verdicts per policy, their paired comparison, and as metrics: both gold accuracies
+        and the gold win/tie/loss, named <prefix>gold_*."""
         correct = {m: [is_correct(r, a) for r, a in zip(records, answers[m])] for m in ("sft", "dpo")}
         paired = judge.paired_difference(correct["dpo"], correct["sft"])
         wins, losses = round(paired["gold_win_rate"] * paired["n"]), round(paired["gold_loss_rate"] * paired["n"])
-        return correct, {f"{prefix}gold_accuracy_sft": paired["accuracy_b"],
+        return correct, paired, {f"{prefix}gold_accuracy_sft": paired["accuracy_b"],
                          f"{prefix}gold_accuracy_dpo": paired["accuracy_a"],
                          f"{prefix}gold_wins": wins, f"{prefix}gold_ties": paired["n"] - wins - losses,
                          f"{prefix}gold_losses": losses}
@@ -122,7 +123,7 @@ def main() -> None:
                                             for rows in (heldout, data.read_jsonl(prepared("judge")))))
     metrics.update(reliability)
     if all("correct" in r for r in heldout):  # the gold checker's verdict on the same 50 prompts
-        metrics.update(gold_outcomes(heldout, answers, "heldout_")[1])
+        metrics.update(gold_outcomes(heldout, answers, "heldout_")[2])
 
     # Settings are chosen on these: fresh prompts that no reported figure uses.
     validation = data.read_jsonl(prepared("validation"))
@@ -130,15 +131,14 @@ def main() -> None:
         v_answers, v_rewards, v_identical = compare([r["prompt"] for r in validation])
         summary = judge.win_rate_summary(v_rewards["dpo"], v_rewards["sft"], identical=v_identical)
         metrics.update({f"validation_{k}": summary[k] for k in ("win_rate", "wins", "ties", "losses")})
-        metrics.update(gold_outcomes(validation, v_answers, "validation_")[1])
+        metrics.update(gold_outcomes(validation, v_answers, "validation_")[2])
 
     # The honest measure: fresh prompts, the gold checker.
     gold = data.read_jsonl(prepared("gold"))
     if gold:
         gold_prompts = [r["prompt"] for r in gold]
         gold_answers, gold_rewards, _ = compare(gold_prompts)
-        correct, _ = gold_outcomes(gold, gold_answers, "")
-        paired = judge.paired_difference(correct["dpo"], correct["sft"])
+        correct, paired, _ = gold_outcomes(gold, gold_answers, "")
         prefers = [None if d == s else d > s for d, s in zip(gold_rewards["dpo"], gold_rewards["sft"])]
         agreement = judge.judge_agreement(prefers, correct["dpo"], correct["sft"])
         metrics.update({

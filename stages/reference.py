@@ -15,10 +15,9 @@ from preftune.batching import Encoder
 from preftune.errors import exit_on_user_error
 from preftune.params import section, start_stage
 from preftune.paths import REFERENCE, REFERENCE_ENCODING, SFT, prepared
-from preftune.pairs import encode_pairs, logprobs_of, reference_key
+from preftune.pairs import BATCH, encode_pairs, logprobs_of, reference_key
 
 log = logging.getLogger("reference")
-BATCH = 64
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from .batching import Encoder, Sequence, collate, to_device
 from .logprobs import sequence_logprobs
 
 KINDS = ("chosen", "rejected", "mismatched")
+BATCH = 64  # sequences per forward when computing log-probs without gradients (the reference stage's batches)
 
 
 def reference_key(split: str, kind: str) -> str:
@@ -28,7 +29,7 @@ def encode_pairs(encode: Encoder, rows: list[dict]) -> dict[str, list[Sequence]]
 
 
 @torch.no_grad()
-def logprobs_of(model, sequences: list[Sequence], pad_id: int, device, batch_size: int = 64) -> torch.Tensor:
+def logprobs_of(model, sequences: list[Sequence], pad_id: int, device, batch_size: int = BATCH) -> torch.Tensor:
     model.eval()
     sums = [sequence_logprobs(model, to_device(collate(sequences[i:i + batch_size], pad_id), device))[0].cpu()
             for i in range(0, len(sequences), batch_size)]
