@@ -1,5 +1,5 @@
 """dpo: preference-tune the SFT model (a LoRA adapter by default) against the precomputed reference
-log-probs. Saves models/dpo: a plain model (the adapter merged into the base; loads with
+log-probs, on pairs, or with dpo.loss: kto on unpaired feedback. Saves models/dpo: a plain model (the adapter merged into the base; loads with
 AutoModelForCausalLM, no peft) with its tokenizer and manifest.json, and the adapter itself in
 models/dpo/adapter. Logs metrics/dpo (DVCLive)."""
 
@@ -7,13 +7,14 @@ import logging
 
 from safetensors.torch import load_file
 
-from preftune import data, modeling
+from preftune import data, formats, modeling
 from preftune.paths import DPO, DPO_ADAPTER, REFERENCE, SFT, prepared
 from preftune.batching import Encoder
-from preftune.errors import DataError, exit_on_user_error
+from preftune.errors import ConfigError, DataError, exit_on_user_error
+from preftune.losses import UNPAIRED_LOSSES
 from preftune.params import section, start_stage
-from preftune.pairs import KINDS, encode_pairs, reference_key
-from preftune.preference import PairBatcher, check_config, train_preferences
+from preftune.pairs import encode_pairs, kinds_of, reference_key
+from preftune.preference import PairBatcher, UnpairedBatcher, check_config, train_preferences
 from preftune.training import Run, enable_checkpointing
 
 log = logging.getLogger("dpo")
@@ -28,13 +29,22 @@ def main() -> None:
     run = Run(model_cfg["device"], cfg, "dpo", params)  # one process, or this rank of a torchrun / accelerate launch
     modeling.seed_everything(seed)  # the same on every rank: the same LoRA initialisation
 
-    # The reference log-probs must be those of this data: checked before any model is loaded.
-    reference, rows = load_file(REFERENCE), {}
+    # The data and its reference log-probs must suit the loss: checked before any model is loaded.
+    rows = {split: data.read_jsonl(prepared(split)) for split in ("train", "heldout")}
+    unpaired = formats.is_unpaired(rows["train"])
+    if unpaired and cfg["loss"] not in UNPAIRED_LOSSES:
+        raise ConfigError(f"params.yaml: dpo.loss: {cfg['loss']} needs preference pairs, but data.source holds "
+                          f"unpaired feedback (prompt, completion, label); use dpo.loss: "
+                          f"{' or '.join(sorted(UNPAIRED_LOSSES))}, or a file of pairs")
+    if len(rows["train"]) < cfg["batch_size"]:
+        raise ConfigError(f"params.yaml: dpo.batch_size: {cfg['batch_size']} is more than the {len(rows['train'])} "
+                          f"training rows; lower it, or hold out fewer rows (data.heldout)")
+    reference = load_file(REFERENCE)
     for split in ("train", "heldout"):
-        rows[split] = data.read_jsonl(prepared(split))
-        found = {len(reference[k]) if k in reference else None for k in (reference_key(split, kind) for kind in KINDS)}
+        keys = [reference_key(split, kind) for kind in kinds_of(rows[split])]
+        found = {len(reference[k]) if k in reference else None for k in keys}
         if found != {len(rows[split])}:
-            raise DataError(f"{REFERENCE}: made from other data ({sorted(found, key=str)} {split} pairs, "
+            raise DataError(f"{REFERENCE}: made from other data ({sorted(found, key=str)} {split} rows, "
                             f"{prepared(split)} has {len(rows[split])}); run `dvc checkout` or `dvc repro` to "
                             "bring it in line with the data")
 
@@ -52,8 +62,11 @@ def main() -> None:
     encode = Encoder(tokenizer, model_cfg["max_length"])
     batchers, sizes = {}, {}
     for split in ("train", "heldout"):
-        ref = {kind: reference[reference_key(split, kind)] for kind in KINDS}
-        batchers[split] = PairBatcher(encode_pairs(encode, rows[split]), ref, tokenizer.pad_token_id, run.device)
+        ref = {kind: reference[reference_key(split, kind)] for kind in kinds_of(rows[split])}
+        encoded = encode_pairs(encode, rows[split])
+        batchers[split] = (UnpairedBatcher(encoded, [r["label"] for r in rows[split]], ref, tokenizer.pad_token_id,
+                                           run.device) if unpaired
+                           else PairBatcher(encoded, ref, tokenizer.pad_token_id, run.device))
         sizes[split] = len(rows[split])
 
     epoch_live, step_live = run.live("metrics/dpo"), run.live("metrics/dpo_steps")
@@ -82,7 +95,8 @@ def write_merged_model_and_manifest(run, policy, tokenizer, cfg: dict, seed: int
         "precision": cfg["precision"], "gradient_checkpointing": cfg["gradient_checkpointing"],
         "reference": cfg["reference"], "lora": lora,
         "final_train_loss": round(final["train_loss"], 6),
-        "final_train_pair_accuracy": round(final["train_pair_accuracy"], 6),
+        **{f"final_train_{k}": round(final[f"train_{k}"], 6) for k in ("pair_accuracy", "label_accuracy")
+           if f"train_{k}" in final},
         "encoding": encoding,
     })
 

@@ -8,6 +8,7 @@ import os
 import statistics
 
 import torch
+from tqdm import tqdm
 
 from preftune import data, judge, modeling, plots
 from preftune.batching import Encoder, collate, to_device
@@ -15,8 +16,9 @@ from preftune.errors import exit_on_user_error
 from preftune.generation import generate_answers
 from preftune.logprobs import sequence_logprobs
 from preftune.params import section, start_stage
-from preftune.paths import DPO, DPO_ADAPTER, REWARD, SFT, prepared
-from preftune.reward_model import evaluate_pairs, load_reward_model, score_texts
+from preftune.formats import is_unpaired
+from preftune.paths import DPO, DPO_ADAPTER, REWARD, SFT, check_set, prepared
+from preftune.reward_model import evaluate_labels, evaluate_pairs, load_reward_model, score_texts
 from preftune.gold import is_correct
 
 log = logging.getLogger("evaluate")
@@ -51,7 +53,7 @@ class Policies:
         encode = Encoder(tokenizer, max_length)
         sequences = [encode(p, a) for p, a in zip(repeated, answers)]
         diffs = []
-        for start in range(0, len(sequences), 64):
+        for start in tqdm(range(0, len(sequences), 64), desc="KL estimate", unit="batch", leave=False):
             batch = to_device(collate(sequences[start:start + 64], tokenizer.pad_token_id), device)
             dpo_lp, _ = sequence_logprobs(self.dpo.eval(), batch)
             if self.lora:
@@ -64,12 +66,34 @@ class Policies:
 
 
 def judge_hits(reward_model, encode: Encoder, rows: list[dict], device) -> tuple[int, int]:
-    """(pairs where the judge scores chosen strictly above rejected, pairs)."""
+    """(rows the judge gets right, rows): a pair where it scores chosen strictly above rejected, or an unpaired
+    row whose reward has the label's sign (r > 0 for a desirable answer)."""
     if not rows:
         return 0, 0
-    pairs = [(encode(r["prompt"], r["chosen"]), encode(r["prompt"], r["rejected"])) for r in rows]
-    accuracy = evaluate_pairs(reward_model, pairs, encode.tokenizer.pad_token_id, device)["accuracy"]
-    return round(accuracy * len(rows)), len(rows)
+    pad = encode.tokenizer.pad_token_id
+    if is_unpaired(rows):
+        stats = evaluate_labels(reward_model, [encode.row(r, "completion") for r in rows], [r["label"] for r in rows],
+                                pad, device)
+    else:
+        stats = evaluate_pairs(reward_model, [(encode.row(r, "chosen"), encode.row(r, "rejected")) for r in rows],
+                               pad, device)
+    return round(stats["accuracy"] * len(rows)), len(rows)
+
+
+def one_per_prompt(rows: list[dict]) -> list[dict]:
+    """Unpaired feedback often has several rows per prompt (a good and a bad answer): generate once per prompt.
+    Pairs keep one record per row, as the seed counts its 50 held-out prompts."""
+    if not is_unpaired(rows):
+        return rows
+    return list({r["prompt"]: r for r in reversed(rows)}.values())[::-1]
+
+
+def fit_prompts(encode: Encoder, prompts: list[str], max_new_tokens: int) -> tuple[list[str], int]:
+    """Prompts cut (from the left, as prepare cuts them) so that prompt + answer + EOS fit max_length; the same
+    text is then generated from and scored. Returns the prompts and how many were cut."""
+    keep = max(encode.max_length - max_new_tokens - 1, 1)
+    fitted = [encode.tail(p, keep) for p in prompts]
+    return fitted, sum(f != p for f, p in zip(fitted, prompts))
 
 
 def main() -> None:
@@ -81,16 +105,18 @@ def main() -> None:
     policies = Policies(device)
     reward_model = load_reward_model(REWARD).to(device)
     encode = Encoder(tokenizer, model_cfg["max_length"])
-    # Prompts keep their last max_length - max_new_tokens tokens, as in training; counted once per prompt
-    # (on the SFT pass: DPO sees the same prompts).
-    truncation: dict = {}
+    truncation = {"prompts_truncated": 0}
     gen = {"max_new_tokens": cfg["max_new_tokens"], "batch_size": cfg["batch_size"], "max_length": model_cfg["max_length"]}
 
     def compare(prompts: list[str]):
-        """Greedy answers of both policies and the judge's rewards for them."""
-        answers = {m: policies.answers(m, tokenizer, prompts, **gen, stats=truncation if m == "sft" else None)
-                   for m in ("sft", "dpo")}
-        rewards = {m: score_texts(reward_model, encode, prompts, answers[m], device) for m in ("sft", "dpo")}
+        """Greedy answers of both policies and the judge's rewards for them. Prompts are fitted first (counted):
+        prompt + answer then fit max_length as in training, and what is scored is what was generated from."""
+        prompts, cut = fit_prompts(encode, prompts, cfg["max_new_tokens"])
+        truncation["prompts_truncated"] += cut
+        with modeling.autocast(device, cfg["precision"]):
+            answers = {m: policies.answers(m, tokenizer, prompts, **gen) for m in ("sft", "dpo")}
+            rewards = {m: score_texts(reward_model, encode, prompts, answers[m], device, desc=f"score {m} answers")
+                       for m in ("sft", "dpo")}
         return answers, rewards, [a == b for a, b in zip(answers["dpo"], answers["sft"])]
 
     def gold_outcomes(records: list[dict], answers: dict, prefix: str):
@@ -105,7 +131,8 @@ def main() -> None:
                          f"{prefix}gold_losses": losses}
 
     # The seed's headline: held-out prompts, greedy answers, the reward model as judge.
-    heldout = data.read_jsonl(prepared("heldout"))
+    heldout_rows = data.read_jsonl(prepared("heldout"))
+    heldout = one_per_prompt(heldout_rows)
     prompts = [r["prompt"] for r in heldout]
     answers, rewards, identical = compare(prompts)
     metrics = judge.win_rate_summary(rewards["dpo"], rewards["sft"], identical=identical)
@@ -114,19 +141,22 @@ def main() -> None:
         "answer_words_sft": statistics.fmean(len(a.split()) for a in answers["sft"]),
         "answer_words_dpo": statistics.fmean(len(a.split()) for a in answers["dpo"]),
         "identical_share": sum(identical) / len(identical),
-        "kl_dpo_sft": policies.kl_estimate(tokenizer, prompts, cfg["kl_samples"], cfg["max_new_tokens"],
-                                           model_cfg["max_length"], seed, device),
     })
+    with modeling.autocast(device, cfg["precision"]):
+        metrics["kl_dpo_sft"] = policies.kl_estimate(tokenizer, fit_prompts(encode, prompts, cfg["max_new_tokens"])[0],
+                                                     cfg["kl_samples"], cfg["max_new_tokens"], model_cfg["max_length"],
+                                                     seed, device)
     # Is the judge worth hearing? Its accuracy on the held-out pairs (the seed's 50) and on fresh pairs no stage
     # trained on (the built-in task makes 500). A win rate from a judge whose interval includes chance is noise.
-    reliability = judge.judge_reliability(*(judge_hits(reward_model, encode, rows, device)
-                                            for rows in (heldout, data.read_jsonl(prepared("judge")))))
+    with modeling.autocast(device, cfg["precision"]):
+        reliability = judge.judge_reliability(*(judge_hits(reward_model, encode, rows, device)
+                                                for rows in (heldout_rows, data.read_optional_jsonl(check_set("judge")))))
     metrics.update(reliability)
     if all("correct" in r for r in heldout):  # the gold checker's verdict on the same 50 prompts
         metrics.update(gold_outcomes(heldout, answers, "heldout_")[2])
 
     # Settings are chosen on these: fresh prompts that no reported figure uses.
-    validation = data.read_jsonl(prepared("validation"))
+    validation = data.read_optional_jsonl(check_set("validation"))
     if validation:
         v_answers, v_rewards, v_identical = compare([r["prompt"] for r in validation])
         summary = judge.win_rate_summary(v_rewards["dpo"], v_rewards["sft"], identical=v_identical)
@@ -134,7 +164,7 @@ def main() -> None:
         metrics.update(gold_outcomes(validation, v_answers, "validation_")[2])
 
     # The honest measure: fresh prompts, the gold checker.
-    gold = data.read_jsonl(prepared("gold"))
+    gold = data.read_optional_jsonl(check_set("gold"))
     if gold:
         gold_prompts = [r["prompt"] for r in gold]
         gold_answers, gold_rewards, _ = compare(gold_prompts)
@@ -147,7 +177,7 @@ def main() -> None:
             "gold_win_rate": paired["gold_win_rate"], "gold_loss_rate": paired["gold_loss_rate"],
             "judge_gold_agreement": agreement["agreement"], "judge_gold_decisive": agreement["n_decisive"],
         })
-    metrics["prompts_truncated"] = truncation.get("prompts_truncated", 0)
+    metrics["prompts_truncated"] = truncation["prompts_truncated"]
     metrics["sequences_truncated"] = encode.truncated
     metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
     data.write_json("metrics/eval.json", metrics)

@@ -1,11 +1,12 @@
-"""prepare: preference pairs, SFT demonstrations and gold prompts under data/prepared/.
+"""prepare: training and held-out rows and SFT demonstrations under data/prepared/.
 
 It also fixes the tokenizer (data/prepared/tokenizer): the base model's, or for `model.base: scratch`
 a byte-level BPE trained here, so lengths are decided in the model's own tokens.
-Source `grammar` generates the built-in grammar-tutor task from `seed`; any other source is a
-preference file under data/raw/ (yaml, jsonl, json, csv, parquet), which dvc.yaml lists as a dependency,
-so editing it reruns this stage and whatever its outputs feed. Pairs are fitted to `model.max_length`
-(budget.py) and exact duplicates dropped or refused (`data.duplicates`), all counted in
+Source `grammar` generates the built-in grammar-tutor task from `seed`, with its gold, validation and judge sets
+in data/prepared/checks/; any other source is a file under data/raw/ (yaml, jsonl, json, csv, parquet) of
+preference pairs or of unpaired feedback (formats.py), which dvc.yaml lists as a dependency, so editing it
+reruns this stage and whatever its outputs feed. Rows are fitted to `model.max_length` (budget.py: cut, or
+dropped under `data.truncation: drop`), exact duplicates dropped or refused (`data.duplicates`), all counted in
 metrics/prepare.json. Everything is validated before the first file is written, so a bad input leaves
 no partial outputs.
 """
@@ -14,9 +15,10 @@ import logging
 import os
 
 from preftune import budget, data, formats, modeling, task
+from preftune.batching import Encoder
 from preftune.errors import ConfigError, DataError, exit_on_user_error
 from preftune.params import section, start_stage
-from preftune.paths import RAW, TOKENIZER, prepared
+from preftune.paths import CHECKS, PREPARE_METRICS, RAW, TOKENIZER, check_set, prepared
 
 log = logging.getLogger("prepare")
 
@@ -57,24 +59,57 @@ def check_source(source: str) -> None:
                       f"when it changes; {fix}, then set data.source: {RAW}/{name}")
 
 
-def load_user_pairs(source: str, fmt: str | None, render) -> list[dict]:
+def load_user_rows(source: str, fmt: str | None, render) -> list[dict]:
     check_source(source)
     return formats.load_pairs(source, fmt, render_messages=render)
 
 
-def scratch_tokenizer_texts(pairs: list[dict], sft: list[dict] | None) -> list[str]:
+def scratch_tokenizer_texts(rows: list[dict], sft: list[dict] | None) -> list[str]:
     """What a from-scratch tokenizer learns from: the SFT demonstrations of the built-in task, or every
-    prompt and answer of a user dataset (its SFT set, the training pairs' chosen answers, comes later)."""
+    prompt and answer of a user dataset (its SFT set, the training rows' good answers, comes later)."""
     if sft is not None:
         return [d["prompt"] + d["response"] for d in sft]
-    return [p["prompt"] + p[k] for p in pairs for k in ("chosen", "rejected")]
+    return [r["prompt"] + r[k] for r in rows for k in formats.answer_fields(r)]
+
+
+def sft_demos(train: list[dict]) -> list[dict]:
+    """A user dataset's SFT set: the reference policy imitates the training rows' good answers (the chosen
+    answer of a pair, the desirable completions of unpaired feedback), cut where prepare cut them."""
+    field = "completion" if formats.is_unpaired(train) else "chosen"
+    demos = []
+    for row in train:
+        if row.get("label", True):
+            demo = {"prompt": row["prompt"], "response": row[field]}
+            if row.get(f"{field}_cut"):
+                demo["response_cut"] = True
+            demos.append(demo)
+    if not demos:
+        raise DataError("data.source: the training rows have no desirable completion (label true) for the SFT "
+                        "policy to imitate; add some, or set sft.epochs: 0 with a pretrained model.base")
+    return demos
+
+
+def write_checks(checks: dict[str, list[dict]]) -> None:
+    """data/prepared/checks/: the built-in task's gold, validation and judge sets, or for a user dataset only
+    its README (a user dataset has no gold checker; a non-empty folder keeps DVC from warning about it)."""
+    os.makedirs(CHECKS, exist_ok=True)
+    for name in ("gold", "validation", "judge"):
+        if os.path.exists(check_set(name)) and name not in checks:
+            os.remove(check_set(name))
+    for name, rows in checks.items():
+        data.write_jsonl(check_set(name), rows)
+    what = (", ".join(f"{name}.jsonl ({len(rows)} rows)" for name, rows in checks.items()) if checks
+            else "nothing: this dataset has no gold checker")
+    with data.atomic_open(f"{CHECKS}/README.md") as f:
+        f.write(f"The built-in task's extra sets for checking models (gold, validation, judge). Here: {what}.\n")
 
 
 def drop_duplicates(pairs: list[dict], policy: str, source: str) -> tuple[list[dict], int]:
     repeats = data.find_duplicates(pairs)
     if repeats and policy == "error":
         row, first = repeats[0]
-        raise DataError(f"{source}: row {row + 1}: duplicate of row {first + 1} (same prompt, chosen and rejected); "
+        same = "completion and label" if formats.is_unpaired(pairs) else "chosen and rejected"
+        raise DataError(f"{source}: row {row + 1}: duplicate of row {first + 1} (same prompt, {same}); "
                         "drop one of the two rows, or set data.duplicates: drop")
     drop = {i for i, _ in repeats}
     return [p for i, p in enumerate(pairs) if i not in drop], len(drop)
@@ -85,6 +120,11 @@ def main() -> None:
     seed, cfg = params["seed"], section(params, "data")
 
     model_cfg = section(params, "model")
+    max_length = model_cfg["max_length"]
+    max_prompt = budget.default_prompt_length(max_length, model_cfg["max_prompt_length"])
+    if max_prompt >= max_length:
+        raise ConfigError(f"params.yaml: model.max_prompt_length: {max_prompt} leaves no room for an answer in "
+                          f"model.max_length {max_length}; set it below, or null (half of max_length)")
     scratch = model_cfg["base"] == "scratch"
     if cfg["source"] != "grammar":
         check_source(cfg["source"])  # before a tokenizer is loaded: a wrong path fails in a second
@@ -94,46 +134,57 @@ def main() -> None:
     render = (tokenizer is not None and modeling.chat_renderer(tokenizer)) or formats.render_plain
     if cfg["source"] == "grammar":  # a generator may repeat a pair by chance: that is sampling, not a bad row
         generated, duplicates = built_in_task(seed, cfg), 0
-        pairs, sft, gold, validation, judge = (generated[k] for k in ("pairs", "sft", "gold", "validation", "judge"))
+        rows, sft = generated["pairs"], generated["sft"]
+        checks = {k: generated[k] for k in ("gold", "validation", "judge")}
     else:  # a user dataset has no gold checker: no gold or validation prompts, no fresh judge pairs
-        pairs, sft, gold, validation, judge = load_user_pairs(cfg["source"], cfg["format"], render), None, [], [], []
-        pairs, duplicates = drop_duplicates(pairs, cfg["duplicates"], cfg["source"])
+        rows, sft, checks = load_user_rows(cfg["source"], cfg["format"], render), None, {}
+        rows, duplicates = drop_duplicates(rows, cfg["duplicates"], cfg["source"])
+    n_read = len(rows) + duplicates
     if scratch:
-        tokenizer = modeling.train_tokenizer(scratch_tokenizer_texts(pairs, sft), model_cfg["vocab_size"])
+        tokenizer = modeling.train_tokenizer(scratch_tokenizer_texts(rows, sft), model_cfg["vocab_size"])
     modeling.ensure_pad_token(tokenizer)
-    pairs, lengths = budget.fit_pairs(pairs, budget.TokenCounter(tokenizer), model_cfg["max_length"], render)
-    if not pairs:
-        raise ConfigError(f"params.yaml: model.max_length: {model_cfg['max_length']} tokens leave no room "
-                          "for any response; raise it")
-    pairs = [{k: v for k, v in p.items() if k != "messages"} for p in pairs]
-    train, heldout = data.split_by_prompt(pairs, cfg["heldout"], seed)
-    if sft is None:  # a user dataset: the reference policy imitates the chosen answers
-        sft = [{"prompt": r["prompt"], "response": r["chosen"]} for r in train]
+    rows, lengths = budget.fit_rows(rows, Encoder(tokenizer, max_length), max_prompt, cfg["truncation"], render)
+    if not rows:
+        raise ConfigError(f"params.yaml: model.max_length: {max_length} tokens leave no room "
+                          "for any row; raise it")
+    rows = [{k: v for k, v in r.items() if k != "messages"} for r in rows]
+    unpaired = formats.is_unpaired(rows)
+    train, heldout = data.split_by_prompt(rows, cfg["heldout"], seed)
+    if sft is None:
+        sft = sft_demos(train)
     train, swapped = data.swap_labels(train, cfg["label_noise"], seed)
 
-    for name, rows in (("train", train), ("heldout", heldout), ("sft", sft), ("gold", gold),
-                       ("validation", validation), ("judge", judge)):
-        data.write_jsonl(prepared(name), rows)
+    for name, split in (("train", train), ("heldout", heldout), ("sft", sft)):
+        data.write_jsonl(prepared(name), split)
+    write_checks(checks)
     tokenizer.save_pretrained(TOKENIZER)
+    unit = "rows" if unpaired else "pairs"
     metrics = {
-        "pairs": {"train": len(train), "heldout": len(heldout)},
+        unit: {"train": len(train), "heldout": len(heldout)},
         "sft_demos": len(sft),
-        "gold_prompts": len(gold),
-        "validation_prompts": len(validation),
-        "judge_pairs": len(judge),
+        **{f"{name}_{'pairs' if name == 'judge' else 'prompts'}": len(checks[name]) for name in checks},
+        "rows_read": n_read,
         "duplicates_dropped": duplicates,
         "length": lengths,
         "label_swapped": swapped,
         "train_lengths": data.length_stats(train),
-        "train_by_category": data.count_by(train, "category"),
-        "train_by_rejected_kind": data.count_by(train, "rejected_kind"),
-        "sft_by_tutor_kind": data.count_by(sft, "tutor_kind"),
     }
-    data.write_json("metrics/prepare.json", metrics)
-    log.info("%d train / %d held-out pairs, %d SFT demonstrations, %d gold prompts; %d duplicates dropped; "
-             "%d pairs dropped (response longer than max_length), %d prompts lost turns, %d lost tokens; "
-             "%d labels swapped", len(train), len(heldout), len(sft), len(gold), duplicates,
-             lengths["dropped_response_too_long"], lengths["prompt_turns_dropped"], lengths["prompt_tokens_cut"],
+    if cfg["source"] == "grammar":  # what the built-in task's rows are made of
+        metrics.update({"train_by_category": data.count_by(train, "category"),
+                        "train_by_rejected_kind": data.count_by(train, "rejected_kind"),
+                        "sft_by_tutor_kind": data.count_by(sft, "tutor_kind")})
+    data.write_json(PREPARE_METRICS, metrics)
+    answers = formats.answer_fields(rows[0])
+    log.info("%d rows read, %d duplicates dropped; fitted to %d tokens (prompts up to %d, truncation: %s): "
+             "%d rows cut (%d prompts lost %d tokens, %d by dropping old turns; %s), %d dropped",
+             n_read, duplicates, max_length, max_prompt, cfg["truncation"], lengths["rows_cut"],
+             lengths["prompts_cut"], lengths["prompt_tokens_removed"], lengths["prompt_turns_dropped"],
+             ", ".join(f"{lengths[f + '_cut']} {f} answers lost {lengths[f + '_tokens_removed']} tokens"
+                       for f in answers),
+             lengths["dropped_answer_too_long"] + lengths["dropped_nothing_left"])
+    log.info("%d train / %d held-out %s%s, %d SFT demonstrations%s; %d labels swapped", len(train), len(heldout),
+             unit, " (unpaired feedback: train it with dpo.loss: kto)" if unpaired else "", len(sft),
+             "".join(f", {len(r)} {n} {'pairs' if n == 'judge' else 'prompts'}" for n, r in checks.items()),
              swapped)
 
 

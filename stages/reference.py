@@ -1,6 +1,7 @@
-"""reference: log-probs of every training and held-out pair under the SFT model, computed once.
+"""reference: log-probs of every training and held-out row under the SFT model, computed once.
 
-It reads no dpo.* key, so changing beta, the loss or the learning rate reuses its output. Launched as N ranks
+It reads one dpo key, dpo.precision (the policy's log-probs at step 0 must be computed as these are), so changing
+beta, the loss or the learning rate reuses its output. Launched as N ranks
 (params.yaml `launcher`), rank r computes batches r, r + N, ... on its own plain copy of models/sft (no wrapper, no
 adapter: nothing here can ever be the policy) and rank 0 writes the file."""
 
@@ -9,43 +10,55 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from preftune import data, modeling
-from preftune.batching import Encoder
+from preftune.batching import Encoder, collate, to_device
 from preftune.errors import exit_on_user_error
+from preftune.logprobs import sequence_logprobs
 from preftune.params import section, start_stage
 from preftune.paths import REFERENCE, REFERENCE_ENCODING, SFT, prepared
-from preftune.pairs import BATCH, encode_pairs, logprobs_of, reference_key
+from preftune.pairs import encode_pairs, length_batches, reference_key
 
 log = logging.getLogger("reference")
 
 
 def main() -> None:
-    model_cfg = section(start_stage(__doc__), "model")
+    params = start_stage(__doc__)
+    model_cfg, precision = section(params, "model"), section(params, "dpo")["precision"]
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
     state = PartialState(cpu=modeling.resolve_device(model_cfg["device"]).type == "cpu")
     device, rank, world = state.device, state.process_index, state.num_processes
     tokenizer = modeling.load_tokenizer(SFT)
-    model = modeling.load_causal_lm(SFT).to(device)
+    model = modeling.load_causal_lm(SFT).to(device).eval()
     encode = Encoder(tokenizer, model_cfg["max_length"])
-    tensors = {}
-    for split in ("train", "heldout"):
-        encoded = encode_pairs(encode, data.read_jsonl(prepared(split)))
-        for kind, sequences in encoded.items():
-            # Whole batches per rank, the same batches as one process computes: the same bytes, however many ranks.
-            mine = [(start, logprobs_of(model, sequences[start:start + BATCH], tokenizer.pad_token_id, device).tolist())
-                    for start in range(0, len(sequences), BATCH)[rank::world]]
-            found = dict(gather_object(mine))
-            tensors[reference_key(split, kind)] = torch.tensor([x for start in sorted(found) for x in found[start]])
+    encoded = {split: encode_pairs(encode, data.read_jsonl(prepared(split))) for split in ("train", "heldout")}
+    # Length-sorted batches, the same whatever the number of ranks; rank r computes batches r, r + N, ...
+    work = [(split, kind, idx) for split, kinds in encoded.items() for kind, seqs in kinds.items()
+            for idx in length_batches(seqs)]
+    mine = []
+    with torch.no_grad():
+        for n, (split, kind, idx) in enumerate(tqdm(work[rank::world], desc="reference log-probs", unit="batch",
+                                                    disable=not state.is_main_process)):
+            batch = to_device(collate([encoded[split][kind][i] for i in idx], tokenizer.pad_token_id), device)
+            with modeling.autocast(device, precision):
+                sums = sequence_logprobs(model, batch)[0].float().cpu().tolist()
+            mine.append((split, kind, idx, sums))
+    found = gather_object(mine) if world > 1 else mine
     if not state.is_main_process:
         return
+    tensors = {reference_key(split, kind): torch.zeros(len(seqs)) for split, kinds in encoded.items()
+               for kind, seqs in kinds.items()}
+    for split, kind, idx, sums in found:
+        tensors[reference_key(split, kind)][idx] = torch.tensor(sums)
     Path(REFERENCE).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, REFERENCE)
     data.write_json(REFERENCE_ENCODING, encode.stats())  # truncations this stage saw
-    log.info("reference log-probs of %d train and %d held-out pairs; %s",
-             len(tensors[reference_key("train", "chosen")]), len(tensors[reference_key("heldout", "chosen")]), encode.stats())
+    n = {split: len(next(iter(kinds.values()))) for split, kinds in encoded.items()}
+    log.info("reference log-probs (%s) of %d train and %d held-out rows; %s", precision, n["train"], n["heldout"],
+             encode.stats())
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
-"""reward: a Bradley-Terry reward model (the SFT backbone + a scalar head) trained on the training pairs.
+"""reward: a Bradley-Terry reward model (the SFT backbone + a scalar head) trained on the training pairs (on
+unpaired feedback: a pointwise judge of the labels, reward_model.pointwise_loss).
 Saves models/reward (AutoModelForSequenceClassification) and logs metrics/reward (DVCLive)."""
 
 import logging
 
 from preftune import data, modeling
-from preftune.errors import exit_on_user_error
+from preftune.errors import ConfigError, exit_on_user_error
 from preftune.params import section, start_stage
-from preftune.paths import REWARD, SFT, prepared
+from preftune.paths import REWARD, SFT, check_set, prepared
 from preftune.reward_model import gold_agreement, load_reward_model
 from preftune.reward_training import train_reward_model
 from preftune.training import Run, enable_checkpointing, log_metrics
@@ -22,7 +23,10 @@ def main() -> None:
 
     train = data.read_jsonl(prepared("train"))
     heldout = data.read_jsonl(prepared("heldout"))
-    gold = data.read_jsonl(prepared("gold"))
+    if len(train) < cfg["batch_size"]:
+        raise ConfigError(f"params.yaml: reward.batch_size: {cfg['batch_size']} is more than the {len(train)} "
+                          f"training rows; lower it, or hold out fewer rows (data.heldout)")
+    gold = data.read_optional_jsonl(check_set("gold"))  # the built-in task's gold prompts; none for user data
     tokenizer = modeling.load_tokenizer(SFT)
     model = load_reward_model(SFT)
     if cfg["gradient_checkpointing"]:

@@ -9,7 +9,7 @@ from preftune import data, modeling
 from preftune.errors import exit_on_user_error
 from preftune.generation import generate_answers, gold_accuracy
 from preftune.params import section, start_stage
-from preftune.paths import SFT, TOKENIZER, prepared
+from preftune.paths import SFT, TOKENIZER, check_set, prepared
 from preftune.supervised import train_sft
 from preftune.training import Run, enable_checkpointing, log_metrics
 
@@ -24,7 +24,7 @@ def main() -> None:
 
     demos = data.read_jsonl(prepared("sft"))
     heldout = data.read_jsonl(prepared("heldout"))
-    gold = data.read_jsonl(prepared("gold"))
+    gold = data.read_optional_jsonl(check_set("gold"))  # the built-in task's gold prompts; none for user data
     tokenizer = modeling.load_tokenizer(TOKENIZER)  # prepare's: the base model's, or trained on the data
     if model_cfg["base"] == "scratch":
         model = modeling.new_gpt2(tokenizer, model_cfg["n_layer"], model_cfg["n_embd"], model_cfg["n_head"],

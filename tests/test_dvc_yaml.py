@@ -1,45 +1,39 @@
-"""dvc.yaml declares, for each stage, exactly the code files the stage script imports (transitively)."""
+"""dvc.yaml declares, for each stage, exactly the code files the stage script imports (transitively): the
+derivation script stages/deps.py has nothing to change."""
 
-import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "stages"))
+import deps  # noqa: E402
+
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def imported_library_files(script: Path) -> set[str]:
-    """The preftune modules a script imports, following imports inside the library."""
-    seen: set[str] = set()
-    todo = [script]
-    while todo:
-        tree = ast.parse(todo.pop().read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.ImportFrom):
-                if node.module == "preftune" or (node.level == 1 and node.module is None):
-                    names = [alias.name for alias in node.names]
-                elif node.module and node.module.startswith("preftune."):
-                    names = [node.module.split(".", 1)[1]]
-                elif node.level == 1 and node.module:
-                    names = [node.module]
-            for name in names:
-                path = ROOT / "stages" / "preftune" / f"{name}.py"
-                rel = str(path.relative_to(ROOT))
-                if path.exists() and rel not in seen:
-                    seen.add(rel)
-                    todo.append(path)
-    return seen
+def test_derivation_has_nothing_to_change():
+    done = subprocess.run([sys.executable, str(ROOT / "stages" / "deps.py")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_code_deps_are_exactly_the_imports(stage):
     spec = STAGES[stage]
     script = spec["cmd"].split()[1]
-    declared = {d for d in spec["deps"] if d.endswith(".py")}
-    assert declared == {script} | imported_library_files(ROOT / script)
+    declared = [d for d in spec["deps"] if d.endswith(".py")]
+    assert declared == deps.code_deps(script)
+
+
+def test_rewrite_replaces_code_deps_and_keeps_the_rest():
+    text = ("stages:\n  prepare:\n    cmd: python stages/prepare.py\n    deps:\n      - data/raw   # a comment\n"
+            "      - stages/preftune/nonexistent.py\n    outs:\n      - data/prepared/train.jsonl\n")
+    new = deps.rewrite(text)
+    assert "nonexistent" not in new and "      - data/raw   # a comment\n      - stages/prepare.py\n" in new
+    assert "      - stages/preftune/budget.py\n" in new and new.endswith("    outs:\n      - data/prepared/train.jsonl\n")
 
 
 def test_beta_and_reward_lr_reach_only_their_stages():

@@ -32,9 +32,12 @@ class Encoder:
     Tokenizing prompt + response as one string can merge tokens across the boundary, and then no
     prompt length is right. We tokenize the whole text and keep it when the prompt's own ids are a
     prefix of it (the usual case, exactly what generation will see); otherwise we concatenate the
-    two tokenizations and count the row in `boundary_merges`. Too-long sequences lose prompt tokens
-    from the left first (the end of the prompt matters most), then response tokens from the right;
-    they are counted in `truncated`.
+    two tokenizations and count the row in `boundary_merges`.
+
+    A response ends in EOS unless prepare cut it (`eos=False`: a cut answer must not teach the model to stop
+    there). `prepare` fits every row with this same class (budget.py), so on prepared data nothing is cut here;
+    a sequence still too long (a foreign file, a generated answer) loses prompt tokens from the left first, then
+    response tokens from the right, and is counted in `truncated`.
     """
 
     def __init__(self, tokenizer, max_length: int):
@@ -47,21 +50,48 @@ class Encoder:
     def prompt_ids(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
-    def __call__(self, prompt: str, response: str) -> Sequence:
+    def split_ids(self, prompt: str, response: str) -> tuple[list[int], list[int], bool]:
+        """(prompt ids, response ids, whether the boundary merged), before any cut."""
         prompt_ids = self.prompt_ids(prompt)
         full = self.tokenizer(prompt + response, add_special_tokens=False)["input_ids"]
         if full[: len(prompt_ids)] == prompt_ids:
-            response_ids = full[len(prompt_ids):]
-        else:
-            self.boundary_merges += 1
-            response_ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
-        overflow = len(prompt_ids) + len(response_ids) + 1 - self.max_length
+            return prompt_ids, full[len(prompt_ids):], False
+        return prompt_ids, self.tokenizer(response, add_special_tokens=False)["input_ids"], True
+
+    def length(self, prompt: str, response: str, eos: bool = True) -> int:
+        """Tokens of the encoded sequence before any cut (what must fit max_length)."""
+        prompt_ids, response_ids, _ = self.split_ids(prompt, response)
+        return len(prompt_ids) + len(response_ids) + eos
+
+    def __call__(self, prompt: str, response: str, eos: bool = True, count: bool = True) -> Sequence:
+        """`count=False` leaves the counters alone (KTO's mismatched prompt/answer sequences, which no one fitted)."""
+        prompt_ids, response_ids, merged = self.split_ids(prompt, response)
+        end = [self.eos] if eos else []
+        overflow = len(prompt_ids) + len(response_ids) + len(end) - self.max_length
+        if count:
+            self.boundary_merges += merged
+            self.truncated += overflow > 0
         if overflow > 0:
-            self.truncated += 1
             cut = min(overflow, max(len(prompt_ids) - 1, 0))
             prompt_ids = prompt_ids[cut:]
-            response_ids = response_ids[: self.max_length - len(prompt_ids) - 1]
-        return Sequence(tuple(prompt_ids + response_ids + [self.eos]), len(prompt_ids))
+            response_ids = response_ids[: self.max_length - len(prompt_ids) - len(end)]
+        return Sequence(tuple(prompt_ids + response_ids + end), len(prompt_ids))
+
+    def tail(self, text: str, n: int) -> str:
+        """The end of `text` that is at most n tokens (as prompt_ids counts them), cut at a token boundary."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        if len(ids) <= n:
+            return text
+        for first in range(len(ids) - n, len(ids)):
+            piece = text[offsets[first][0]:]
+            if len(self.prompt_ids(piece)) <= n:  # a suffix can tokenize differently at its new start: check
+                return piece
+        return ""
+
+    def row(self, row: dict, field: str, count: bool = True) -> Sequence:
+        """The prepared row's prompt with its `field` answer; no EOS where prepare cut that answer."""
+        return self(row["prompt"], row[field], eos=not row.get(f"{field}_cut", False), count=count)
 
     def stats(self) -> dict:
         return {"boundary_merges": self.boundary_merges, "truncated": self.truncated}

@@ -11,7 +11,15 @@ preference-dataset conventions:
                       strings; implicit means chosen and rejected are whole conversations whose shared
                       leading messages are the prompt
 
-and LLaMA-Factory's two preference layouts, turned into conversational rows:
+unpaired feedback (one answer and a thumbs up or down, for KTO) as TRL and LLaMA-Factory write it:
+
+    TRL               {"prompt": str, "completion": str, "label": bool}, or with lists of messages
+    LLaMA-Factory KTO {"messages": [..., {"role": "assistant", ...}], "label": bool} (or "kto_tag"); the last
+                      message is the answer, the ones before it the prompt
+
+giving rows {"prompt", "completion", "label"} (labels may also be "true"/"false"/1/0, as CSV cells are); a file
+holds one kind of row, pairs or unpaired feedback. And LLaMA-Factory's two preference layouts, turned into
+conversational rows:
 
     ShareGPT          {"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...],
                        "chosen": {"from": "gpt", "value": str}, "rejected": {...}, optional "system": str}
@@ -28,7 +36,7 @@ wrapper around the tokenizer's chat template), else with render_plain(). A respo
 conversation adds to the generation prompt: render(prompt + response, False) minus render(prompt, True).
 So prompt + response is exactly the text the model sees, whatever the template puts between turns.
 Conversational rows keep their messages under "messages" so that prepare can drop whole turns of a prompt
-that is too long and render the pair again (render_pair).
+that is too long and render the row again (render_row).
 
 Exact duplicates are left in: prepare drops or refuses them (data.duplicates), counting them.
 
@@ -93,6 +101,10 @@ def normalize_rows(rows: Iterable, source: str, render_messages: RenderMessages 
             pair = _normalize_row(row, render)
         except _BadField as bad:
             raise DataError(f"{source}: row {n}: field '{bad.field}': {bad.problem}; {bad.fix}") from None
+        if pairs and is_unpaired([pair]) != is_unpaired(pairs):
+            kinds = ("unpaired feedback (label)", "a preference pair (chosen, rejected)")
+            first, this = (kinds[0], kinds[1]) if is_unpaired(pairs) else (kinds[1], kinds[0])
+            raise DataError(f"{source}: row {n}: is {this}, but row 1 is {first}; keep one kind per file")
         pairs.append(pair)
     if not pairs:
         raise DataError(f"{source}: no rows; add at least one row with 'chosen' and 'rejected' (and usually 'prompt')")
@@ -118,6 +130,8 @@ class _BadField(Exception):
 
 
 def _normalize_row(row: Mapping, render: RenderMessages) -> dict:
+    if "label" in row or "kto_tag" in row:
+        return _normalize_unpaired(row, render)
     if "conversations" in row:
         row = _from_sharegpt(row)
     elif "instruction" in row:
@@ -140,6 +154,64 @@ def _normalize_row(row: Mapping, render: RenderMessages) -> dict:
     if "prompt" in values:
         return values
     return _split_shared_text(values["chosen"], values["rejected"])
+
+
+LABEL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def _normalize_unpaired(row: Mapping, render: RenderMessages) -> dict:
+    """Unpaired feedback, one answer and its verdict: TRL's {prompt, completion, label} (text or messages), or
+    LLaMA-Factory's KTO layout {messages: [..., assistant answer], label (or kto_tag)}, optional system."""
+    label = _label(row["label"] if "label" in row else row["kto_tag"])
+    if "messages" in row and "completion" not in row:
+        messages = row["messages"]
+        if isinstance(messages, list):
+            messages = [_role_message(i, m) for i, m in enumerate(messages, 1)]
+        _check_messages("messages", messages)
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            raise _BadField("messages", "must end with the assistant's answer after at least one user turn",
+                            "make the last message {role: assistant, content: <the answer>}")
+        prompt = messages[:-1]
+        if row.get("system") and prompt[0]["role"] != "system":
+            prompt = [{"role": "system", "content": row["system"]}] + prompt
+        values = {"prompt": prompt, "completion": messages[-1:]}
+    else:
+        for field in ("prompt", "completion"):
+            if field not in row:
+                raise _BadField(field, "missing", "unpaired rows need 'prompt', 'completion' and 'label' "
+                                                  "(or LLaMA-Factory's 'messages' and 'label')")
+        values = {"prompt": row["prompt"], "completion": row["completion"]}
+    conversational = any(isinstance(v, list) for v in values.values())
+    for field, value in values.items():
+        if conversational:
+            _check_messages(field, value)
+        else:
+            _check_text(field, value)
+    if not conversational:
+        return {**values, "label": label}
+    if values["prompt"][-1]["role"] == "assistant":
+        raise _BadField("prompt", "ends with an assistant message", "end the prompt with the user's turn")
+    rendered = render_row(values, render)
+    return {"prompt": rendered["prompt"], "completion": rendered["completion"], "label": label,
+            "messages": rendered["messages"]}
+
+
+def _label(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in LABEL_WORDS:
+        return LABEL_WORDS[value.strip().lower()]
+    raise _BadField("label", f"expected true or false, got {_describe(value)}",
+                    "write true for a good answer and false for a bad one")
+
+
+def _role_message(i: int, message) -> dict:
+    """A {role, content} message, or a ShareGPT {from, value} turn turned into one."""
+    if isinstance(message, Mapping) and "from" in message:
+        return _sharegpt_message(f"messages[{i}]", message)
+    return message
 
 
 def _check_text(field: str, value) -> None:
@@ -187,19 +259,29 @@ def _render_conversation(values: dict, render: RenderMessages) -> dict:
         prompt, chosen, rejected = _split_shared_messages(values["chosen"], values["rejected"])
     if prompt[-1]["role"] == "assistant":
         raise _BadField("prompt", "ends with an assistant message", "end the prompt with the user's turn")
-    return render_pair({"prompt": prompt, "chosen": chosen, "rejected": rejected}, render)
+    return render_row({"prompt": prompt, "chosen": chosen, "rejected": rejected}, render)
 
 
-def render_pair(messages: dict, render: RenderMessages) -> dict:
-    """Text of a conversational pair {"prompt": [...], "chosen": [...], "rejected": [...]}: the prompt with the
-    generation prompt, each response as what the full conversation adds to it; the messages are kept."""
+def render_row(messages: dict, render: RenderMessages) -> dict:
+    """Text of a conversational row {"prompt": [...], <answer>: [...], ...} (answers: chosen and rejected, or an
+    unpaired completion): the prompt with the generation prompt, each answer as what the full conversation adds
+    to it; the messages are kept."""
     prompt_text = render(messages["prompt"], True)
-    return {
-        "prompt": prompt_text,
-        "chosen": _render_response("chosen", messages["prompt"], prompt_text, messages["chosen"], render),
-        "rejected": _render_response("rejected", messages["prompt"], prompt_text, messages["rejected"], render),
-        "messages": messages,
-    }
+    out = {"prompt": prompt_text}
+    for field in answer_fields(messages):
+        out[field] = _render_response(field, messages["prompt"], prompt_text, messages[field], render)
+    out["messages"] = messages
+    return out
+
+
+def answer_fields(row: Mapping) -> tuple[str, ...]:
+    """The answer fields of a row: ("chosen", "rejected") for a pair, ("completion",) for unpaired feedback."""
+    return ("completion",) if "completion" in row else ("chosen", "rejected")
+
+
+def is_unpaired(rows: list[dict]) -> bool:
+    """Whether prepared rows are unpaired feedback (prompt, completion, label) rather than preference pairs."""
+    return bool(rows) and "completion" in rows[0]
 
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}

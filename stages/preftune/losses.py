@@ -130,22 +130,34 @@ def orpo_loss(policy_chosen_avg, policy_rejected_avg, lam: float) -> torch.Tenso
 def kto_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, kl_estimate, beta: float,
              desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
     """KTO (Ethayarajh et al. 2024) on pairs: each pair gives one desirable (chosen) and one undesirable (rejected)
-    example. Summed log-probs; r = policy - ref; z = kl_estimate.detach().clamp(min=0), a scalar the caller
-    estimates from mismatched prompt/response pairs (no gradient flows through it):
+    example, each scored by kto_unpaired_loss. Returns (desirable + undesirable) / 2 per pair, so the mean over
+    the B pairs equals the mean over the 2B examples (as TRL averages the concatenated desirable and undesirable
+    losses when they are balanced).
+    """
+    desirable = kto_unpaired_loss(policy_chosen, ref_chosen, torch.ones_like(policy_chosen, dtype=torch.bool),
+                                  kl_estimate, beta, desirable_weight, undesirable_weight)
+    undesirable = kto_unpaired_loss(policy_rejected, ref_rejected, torch.zeros_like(policy_rejected, dtype=torch.bool),
+                                    kl_estimate, beta, desirable_weight, undesirable_weight)
+    return (desirable + undesirable) / 2.0
 
-        desirable:   w_D * (1 - sigmoid(beta (r_w - z)))
-        undesirable: w_U * (1 - sigmoid(beta (z - r_l)))
 
-    Returns (desirable + undesirable) / 2 per pair, so the mean over the B pairs equals the mean over the 2B
-    examples (as TRL averages the concatenated desirable and undesirable losses when they are balanced).
+def kto_unpaired_loss(policy, ref, desirable, kl_estimate, beta: float, desirable_weight: float = 1.0,
+                      undesirable_weight: float = 1.0) -> torch.Tensor:
+    """KTO (Ethayarajh et al. 2024) on unpaired feedback, per example (B,). Summed log-probs; r = policy - ref;
+    `desirable` is a (B,) bool label; z = kl_estimate.detach().clamp(min=0), a scalar the caller estimates from
+    mismatched prompt/response pairs (no gradient flows through it):
+
+        desirable:   w_D * (1 - sigmoid(beta (r - z)))
+        undesirable: w_U * (1 - sigmoid(beta (z - r)))
+
+    The weights are TRL's desirable_weight / undesirable_weight: with unequal counts, choose them so that
+    w_D * n_D / (w_U * n_U) lies in [1, 4/3], as the KTO paper recommends.
     """
     _check_beta(beta)
-    z = torch.as_tensor(kl_estimate, dtype=policy_chosen.dtype, device=policy_chosen.device).detach().clamp(min=0)
-    r_w = policy_chosen - ref_chosen
-    r_l = policy_rejected - ref_rejected
-    desirable = desirable_weight * (1.0 - torch.sigmoid(beta * (r_w - z)))
-    undesirable = undesirable_weight * (1.0 - torch.sigmoid(beta * (z - r_l)))
-    return (desirable + undesirable) / 2.0
+    z = torch.as_tensor(kl_estimate, dtype=policy.dtype, device=policy.device).detach().clamp(min=0)
+    r = policy - ref
+    return torch.where(desirable, desirable_weight * (1.0 - torch.sigmoid(beta * (r - z))),
+                       undesirable_weight * (1.0 - torch.sigmoid(beta * (z - r))))
 
 
 # --- dispatcher ------------------------------------------------------------------------------------------------
@@ -178,6 +190,7 @@ class PairLogps:
 
 REFERENCE_FREE = {"simpo", "orpo"}
 NEEDS_KL_ESTIMATE = {"kto"}
+UNPAIRED_LOSSES = {"kto"}  # the losses that also train on unpaired feedback (prompt, completion, label)
 OPTION_DEFAULTS = {
     "label_smoothing": 0.1,          # cdpo, robust
     "simpo_gamma": 0.5,              # simpo

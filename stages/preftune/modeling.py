@@ -32,6 +32,17 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device, precision: str):
+    """The training stages' mixed precision for forward-only work: autocast to bf16/fp16, or nothing for fp32.
+    Log-probs stay fp32 (logprobs.py casts the logits)."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.float32),
+                          enabled=precision in AUTOCAST_DTYPES)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name != "auto":
         return torch.device(name)

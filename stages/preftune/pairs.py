@@ -1,17 +1,27 @@
-"""Preference pairs as the model sees them: encoded chosen, rejected and mismatched sequences, and their
-summed response log-probs in batches. Both the `reference` stage (once, under the SFT model) and `dpo` use
+"""Preference rows as the model sees them: encoded chosen, rejected and mismatched sequences (or an unpaired
+row's completion), and their summed response log-probs in length-sorted batches. Both the `reference` stage (once, under the SFT model) and `dpo` use
 this; neither the preference losses nor the training loop live here, so editing those never reruns
 `reference`. The reference file's key format is defined here too."""
 
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 from .batching import Encoder, Sequence, collate, to_device
+from .formats import is_unpaired
 from .logprobs import sequence_logprobs
+from .modeling import autocast
 
-KINDS = ("chosen", "rejected", "mismatched")
+PAIR_KINDS = ("chosen", "rejected", "mismatched")
+UNPAIRED_KINDS = ("completion", "mismatched")
 BATCH = 64  # sequences per forward when computing log-probs without gradients (the reference stage's batches)
+
+
+def kinds_of(rows: list[dict]) -> tuple[str, ...]:
+    """The sequences a set of prepared rows gives: chosen, rejected and mismatched for pairs; completion and
+    mismatched for unpaired feedback."""
+    return UNPAIRED_KINDS if is_unpaired(rows) else PAIR_KINDS
 
 
 def reference_key(split: str, kind: str) -> str:
@@ -20,17 +30,33 @@ def reference_key(split: str, kind: str) -> str:
 
 
 def encode_pairs(encode: Encoder, rows: list[dict]) -> dict[str, list[Sequence]]:
-    """Chosen, rejected, and mismatched sequences: the prompt of pair i with the chosen answer of pair
-    i+1, which KTO uses to estimate KL(policy || reference) without a gradient."""
+    """The rows' sequences by kind (kinds_of). Mismatched is the prompt of row i with the good answer of row
+    i+1 (its chosen answer, or its completion), which KTO uses to estimate KL(policy || reference) without a
+    gradient; nobody fitted those to the budget, so the Encoder cuts them without counting."""
     n = len(rows)
-    return {"chosen": [encode(r["prompt"], r["chosen"]) for r in rows],
-            "rejected": [encode(r["prompt"], r["rejected"]) for r in rows],
-            "mismatched": [encode(rows[i]["prompt"], rows[(i + 1) % n]["chosen"]) for i in range(n)]}
+    good = "completion" if is_unpaired(rows) else "chosen"
+    out = {kind: [encode.row(r, kind) for r in rows] for kind in kinds_of(rows) if kind != "mismatched"}
+    out["mismatched"] = [encode(rows[i]["prompt"], rows[(i + 1) % n][good],
+                                eos=not rows[(i + 1) % n].get(f"{good}_cut", False), count=False) for i in range(n)]
+    return out
+
+
+def length_batches(sequences: list[Sequence], batch_size: int = BATCH) -> list[list[int]]:
+    """Indices in batches of similar length (longest first: a memory problem shows at once), for forward-only
+    passes: padding shrinks, and results go back to the original order by index."""
+    order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i].ids), i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.no_grad()
-def logprobs_of(model, sequences: list[Sequence], pad_id: int, device, batch_size: int = BATCH) -> torch.Tensor:
+def logprobs_of(model, sequences: list[Sequence], pad_id: int, device, batch_size: int = BATCH,
+                precision: str = "fp32", desc: str | None = None) -> torch.Tensor:
+    """Summed response log-probs of `sequences`, in their order, batched by length; a progress bar with `desc`."""
     model.eval()
-    sums = [sequence_logprobs(model, to_device(collate(sequences[i:i + batch_size], pad_id), device))[0].cpu()
-            for i in range(0, len(sequences), batch_size)]
-    return torch.cat(sums) if sums else torch.zeros(0)
+    out = torch.zeros(len(sequences))
+    batches = length_batches(sequences, batch_size)
+    for idx in tqdm(batches, desc=desc, disable=desc is None, leave=False, unit="batch"):
+        with autocast(device, precision):
+            sums = sequence_logprobs(model, to_device(collate([sequences[i] for i in idx], pad_id), device))[0]
+        out[idx] = sums.float().cpu()
+    return out

@@ -55,6 +55,11 @@ def start_stage(description: str) -> Section:
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun / accelerate launch: one log per launch
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(name)s: %(message)s")
     logging.captureWarnings(True)  # library warnings (e.g. beta = 0) arrive as log lines
+    # What the stage says stays; library chatter (accelerate's per-file checkpoint lines, transformers' load
+    # reports) goes below the default level.
+    for library in ("accelerate", "transformers", "peft", "huggingface_hub"):
+        logging.getLogger(library).setLevel(logging.WARNING)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     params = load_params(args.params)
     validate(params)
     cores.register()  # share the CPU with the other stages running on this machine (cores.py)

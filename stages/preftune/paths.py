@@ -10,6 +10,15 @@ REFERENCE_ENCODING = "data/reference/encoding.json"
 CHECKPOINTS = "checkpoints"  # checkpoints/<stage>/<inputs key>/: git- and dvc-ignored, not a stage output
 
 
+CHECKS = f"{PREPARED}/checks"  # the built-in task's extra sets (gold, validation, judge); only a README for user data
+PREPARE_METRICS = "metrics/prepare.json"
+
+
 def prepared(name: str) -> str:
-    """data/prepared/<name>.jsonl for name in train, heldout, sft, gold, validation, judge."""
+    """data/prepared/<name>.jsonl for name in train, heldout, sft."""
     return f"{PREPARED}/{name}.jsonl"
+
+
+def check_set(name: str) -> str:
+    """data/prepared/checks/<name>.jsonl for name in gold, validation, judge: the built-in task's only."""
+    return f"{CHECKS}/{name}.jsonl"

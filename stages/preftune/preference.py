@@ -14,10 +14,10 @@ import torch
 
 from .batching import Sequence, collate, to_device
 from .logprobs import ResponseLogprobs
-from .losses import LOSSES, NEEDS_KL_ESTIMATE, PairLogps, pair_diagnostics, preference_loss
+from .losses import LOSSES, NEEDS_KL_ESTIMATE, PairLogps, kto_unpaired_loss, pair_diagnostics, preference_loss
 from .errors import ConfigError
 from .schema import SCHEMA, validate
-from .training import Objective, Run, fit
+from .training import Objective, Run, fit, means
 
 EPOCH_METRICS = ("loss", "pair_accuracy", "kl_chosen", "kl_rejected", "implicit_r_w", "implicit_r_l", "margin")
 
@@ -63,7 +63,8 @@ class PairBatcher:
 
 def loss_options(cfg: dict) -> dict:
     return {"label_smoothing": cfg["label_smoothing"], "simpo_gamma": cfg["simpo_gamma"],
-            "orpo_lambda": cfg["orpo_lambda"]}
+            "orpo_lambda": cfg["orpo_lambda"], "kto_desirable_weight": cfg["kto_desirable_weight"],
+            "kto_undesirable_weight": cfg["kto_undesirable_weight"]}
 
 
 def pair_step(batcher: PairBatcher, cfg: dict):
@@ -94,6 +95,60 @@ def pair_objective(run: Run, train: PairBatcher, heldout: PairBatcher, n_train: 
     return Objective(lengths=lengths, weight=len, loss=step, evaluate=evaluate)
 
 
+UNPAIRED_METRICS = ("loss", "label_accuracy", "kl_chosen", "kl_rejected")
+
+
+class UnpairedBatcher:
+    """Unpaired feedback as batches: each row's completion and its label (desirable or not), the reference
+    log-probs, and KTO's KL estimate from mismatched prompt/completion sequences."""
+
+    def __init__(self, encoded: dict[str, list[Sequence]], labels: list[bool], reference: dict[str, torch.Tensor],
+                 pad_id: int, device):
+        self.encoded, self.reference, self.pad, self.device = encoded, reference, pad_id, device
+        self.labels = torch.tensor(labels, dtype=torch.bool)
+
+    def policy_and_reference(self, model, idx: list[int], self_reference: bool):
+        """(policy log-probs, reference log-probs, desirable labels, KL estimate) of the rows `idx`."""
+        sums, _ = model(**to_device(collate([self.encoded["completion"][i] for i in idx], self.pad), self.device))
+        ref = sums.detach() if self_reference else self.reference["completion"][idx].to(self.device)
+        with torch.no_grad():
+            pm, _ = model(**to_device(collate([self.encoded["mismatched"][i] for i in idx], self.pad), self.device))
+            ref_m = pm if self_reference else self.reference["mismatched"][idx].to(self.device)
+            kl = (pm - ref_m).mean().clamp(min=0)
+        return sums, ref, self.labels[idx].to(self.device), kl
+
+
+def unpaired_step(batcher: UnpairedBatcher, cfg: dict):
+    """KTO's step on unpaired rows: (summed loss, diagnostics summed over the rows). kl_chosen / kl_rejected are
+    the mean log-ratios of the desirable / undesirable completions (the pair names, so plots read the same);
+    label_accuracy is the share of rows whose implicit reward has the label's sign."""
+    def loss(model, idx: list[int]):
+        policy, ref, desirable, kl = batcher.policy_and_reference(model, idx, cfg["reference"] == "self")
+        losses = kto_unpaired_loss(policy, ref, desirable, kl, cfg["beta"], cfg["kto_desirable_weight"],
+                                   cfg["kto_undesirable_weight"])
+        ratio, good = (policy - ref).detach(), desirable.float()
+        return losses.sum(), {"label_accuracy": ((ratio > 0) == desirable).float().sum(),
+                              "kl_chosen": (ratio * good).sum(), "kl_rejected": (ratio * (1 - good)).sum(),
+                              "desirable": good.sum(), "undesirable": (1 - good).sum()}
+    return loss
+
+
+def unpaired_objective(run: Run, train: UnpairedBatcher, heldout: UnpairedBatcher, cfg: dict) -> Objective:
+    per = {"kl_chosen": "desirable", "kl_rejected": "undesirable"}
+
+    def evaluate(model) -> dict:
+        held = unpaired_step(heldout, cfg)
+
+        def sums(idx):
+            loss, stats = held(model, idx)
+            return {"loss": loss, "weight": len(idx), **stats}
+        found = means(run.evaluate_sums(len(heldout.labels), 32, sums), per)
+        return {f"heldout_{k}": found[k] for k in UNPAIRED_METRICS}
+
+    return Objective(lengths=[len(s.ids) for s in train.encoded["completion"]], weight=len,
+                     loss=unpaired_step(train, cfg), evaluate=evaluate, per=per)
+
+
 def train_preferences(run: Run, policy, train: PairBatcher, heldout: PairBatcher, n_train: int, n_heldout: int,
                       cfg: dict, seed: int, epoch_live=None, step_live=None):
     """Optimise the trainable parameters of `policy` (a causal LM) on preference pairs. Returns the per-epoch
@@ -101,8 +156,12 @@ def train_preferences(run: Run, policy, train: PairBatcher, heldout: PairBatcher
     check_config(cfg)
     if not any(p.requires_grad for p in policy.parameters()):
         raise ConfigError("the policy has no trainable parameters (loss would stay at log 2); check dpo.lora")
-    return fit(run, ResponseLogprobs(policy), cfg, pair_objective(run, train, heldout, n_train, n_heldout, cfg), seed,
+    if isinstance(train, UnpairedBatcher):
+        objective, accuracy = unpaired_objective(run, train, heldout, cfg), "label_accuracy"
+    else:
+        objective, accuracy = pair_objective(run, train, heldout, n_train, n_heldout, cfg), "pair_accuracy"
+    return fit(run, ResponseLogprobs(policy), cfg, objective, seed,
                "dpo", epoch_live=epoch_live, step_live=step_live,
-               show=("train_loss", "train_pair_accuracy", "train_kl_chosen", "train_kl_rejected", "heldout_loss",
-                     "heldout_pair_accuracy"),
+               show=("train_loss", f"train_{accuracy}", "train_kl_chosen", "train_kl_rejected", "heldout_loss",
+                     f"heldout_{accuracy}"),
                live_name=lambda k: k.replace("_", "/", 1))  # train/loss, heldout/loss

@@ -12,6 +12,7 @@ import random
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .batching import Encoder, collate, to_device
 from .gold import is_correct
@@ -29,6 +30,13 @@ def reward_model_loss(r_chosen, r_rejected, center_coef: float = 0.0) -> torch.T
     if center_coef:
         loss = loss + center_coef * (r_chosen + r_rejected) ** 2
     return loss
+
+
+def pointwise_loss(rewards, desirable) -> torch.Tensor:
+    """The judge of unpaired feedback, per row: logistic regression of the label on the reward,
+    -logsigmoid(r) for a desirable answer and -logsigmoid(-r) for an undesirable one. A reward above 0 then means
+    "more likely good than bad", the scale Bradley-Terry rewards have when a pair's two answers are compared."""
+    return -F.logsigmoid(torch.where(desirable, rewards, -rewards))
 
 
 def load_reward_model(path: str, trust_remote_code: bool = False):
@@ -76,10 +84,11 @@ def score(model, sequences, pad_id: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score_texts(model, encode: Encoder, prompts: list[str], responses: list[str], device, batch_size: int = 64) -> list[float]:
+def score_texts(model, encode: Encoder, prompts: list[str], responses: list[str], device, batch_size: int = 64,
+                desc: str = "score answers") -> list[float]:
     model.eval()
     out: list[float] = []
-    for start in range(0, len(prompts), batch_size):
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
         seqs = [encode(p, r) for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
         out += score(model, seqs, encode.tokenizer.pad_token_id, device).tolist()
     return out
@@ -99,6 +108,34 @@ def pair_sums(model, pairs, pad_id: int, device) -> dict[str, torch.Tensor]:
             "reward_sq": (both ** 2).sum()}
 
 
+def label_sums(model, sequences, desirable: torch.Tensor, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Sums over unpaired rows: the judge is right where the reward's sign is the label's (r > 0 for desirable)."""
+    rewards = score(model, sequences, pad_id, device)
+    desirable = desirable.to(rewards.device)
+    return {"rows": len(sequences), "correct": ((rewards > 0) == desirable).sum(), "reward": rewards.sum(),
+            "reward_sq": (rewards ** 2).sum(),
+            "margin": torch.where(desirable, rewards, -rewards).sum()}  # how far on the right side, on average
+
+
+def summarise_labels(sums: dict) -> dict:
+    n = sums["rows"]
+    mean = sums["reward"] / n
+    var = max(sums["reward_sq"] - n * mean ** 2, 0.0) / max(n - 1, 1)
+    return {"accuracy": sums["correct"] / n, "margin": sums["margin"] / n, "reward_mean": mean, "reward_std": var ** 0.5}
+
+
+@torch.no_grad()
+def evaluate_labels(model, sequences, desirable: list[bool], pad_id: int, device, batch_size: int = 32) -> dict:
+    model.eval()
+    totals: dict = {}
+    labels = torch.tensor(desirable, dtype=torch.bool)
+    for start in tqdm(range(0, len(sequences), batch_size), desc="judge rows", unit="batch", leave=False):
+        for k, v in label_sums(model, sequences[start:start + batch_size], labels[start:start + batch_size],
+                               pad_id, device).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return summarise_labels(totals)
+
+
 def summarise(sums: dict) -> dict:
     n = sums["pairs"]
     mean = sums["reward"] / (2 * n)
@@ -108,10 +145,10 @@ def summarise(sums: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate_pairs(model, pairs, pad_id: int, device, batch_size: int = 32) -> dict:
+def evaluate_pairs(model, pairs, pad_id: int, device, batch_size: int = 32, desc: str = "judge pairs") -> dict:
     model.eval()
     totals: dict = {}
-    for start in range(0, len(pairs), batch_size):
+    for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", leave=False):
         for k, v in pair_sums(model, pairs[start:start + batch_size], pad_id, device).items():
             totals[k] = totals.get(k, 0.0) + float(v)
     return summarise(totals)

@@ -51,6 +51,21 @@ class Number:
 
 
 @dataclass(frozen=True)
+class CountOrFraction:
+    """A whole count >= 1, or a fraction strictly between 0 and 1 (data.heldout: 50 or 0.1)."""
+
+    def problem(self, value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            return "must be a count >= 1 or a fraction between 0 and 1"
+        if isinstance(value, int):
+            return None if value >= 1 else "must be a count >= 1 or a fraction between 0 and 1"
+        return None if 0 < value < 1 else "must be a whole count >= 1 or a fraction between 0 and 1"
+
+    def bad_values(self) -> list:
+        return ["oops", 0, 1.5, -0.1]
+
+
+@dataclass(frozen=True)
 class Text:
     choices: tuple[str, ...] = ()
 
@@ -141,15 +156,15 @@ SCHEMA = {
     "data": {
         "source": Text(),
         "format": Nullable(Text(("yaml", "yml", "jsonl", "json", "csv", "parquet"))),
-        "pairs": _int(2), "heldout": _int(1), "sft_demos": _int(1), "gold_prompts": _int(0),
+        "pairs": _int(2), "heldout": CountOrFraction(), "sft_demos": _int(1), "gold_prompts": _int(0),
         "validation_prompts": _int(0), "judge_pairs": _int(0),
         "tutor_noise": Weights(_n(0, 1)), "rejected_kinds": Weights(_n(0)),
-        "duplicates": Text(("drop", "error")),
+        "duplicates": Text(("drop", "error")), "truncation": Text(("truncate", "drop")),
         "label_noise": _n(0, 1),
     },
     "model": {
         "base": Text(), "trust_remote_code": Flag(), "device": Text(),
-        "max_length": _int(8), "vocab_size": _int(300), "n_layer": _int(1), "n_embd": _int(8), "n_head": _int(1),
+        "max_length": _int(8), "max_prompt_length": Nullable(_int(1)), "vocab_size": _int(300), "n_layer": _int(1), "n_embd": _int(8), "n_head": _int(1),
     },
     "sft": {
         "epochs": _int(0), "lr": LR, "batch_size": _int(1), "warmup_steps": _int(0), "weight_decay": DECAY,
@@ -166,8 +181,10 @@ SCHEMA = {
         "lora": ({"r": _int(1), "alpha": _n(0, low_open=True), "dropout": _n(0, 1, high_open=True),
                   "target_modules": Names(("auto", "all-linear"))}, "nullable"),
         "label_smoothing": _n(0, 0.5, high_open=True), "simpo_gamma": _n(), "orpo_lambda": _n(0),
+        "kto_desirable_weight": _n(0, low_open=True), "kto_undesirable_weight": _n(0, low_open=True),
     },
-    "evaluate": {"max_new_tokens": _int(1), "batch_size": _int(1), "kl_samples": _int(1)},
+    "evaluate": {"max_new_tokens": _int(1), "batch_size": _int(1), "kl_samples": _int(1),
+                 "precision": Text(("fp32", "bf16", "fp16"))},
 }
 
 

@@ -30,11 +30,12 @@ def sft_objective(run: Run, train_seqs: list[Sequence], heldout_seqs: list[Seque
 
 def train_sft(run: Run, model, tokenizer, demos: list[dict], heldout: list[dict], cfg: dict, max_length: int,
               seed: int, live=None):
-    """Train on (prompt, response) demonstrations; the held-out loss is measured on the held-out pairs' chosen
-    answers. Returns the last epoch's metrics (with the encoder's truncation counts) and the prepared model."""
+    """Train on (prompt, response) demonstrations; the held-out loss is measured on the held-out rows' good
+    answers (chosen, or desirable completions). Returns the last epoch's metrics (with the encoder's truncation counts) and the prepared model."""
     encode = Encoder(tokenizer, max_length)
-    train_seqs = [encode(d["prompt"], d["response"]) for d in demos]
-    heldout_seqs = [encode(r["prompt"], r["chosen"]) for r in heldout]
+    train_seqs = [encode.row(d, "response") for d in demos]
+    good = "completion" if heldout and "completion" in heldout[0] else "chosen"
+    heldout_seqs = [encode.row(r, good) for r in heldout if r.get("label", True)]
     objective = sft_objective(run, train_seqs, heldout_seqs, tokenizer.pad_token_id)
     history, model = fit(run, ResponseLogprobs(model), cfg, objective, seed, "sft", epoch_live=live,
                          show=("train_loss", "heldout_loss"))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -45,6 +45,23 @@ class Objective:
     weight: Callable[[list[int]], float]
     loss: Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     evaluate: Callable[[torch.nn.Module], dict[str, float]]
+    per: dict[str, str] = field(default_factory=dict)  # statistic -> the count statistic it is a mean over
+
+    def means(self, totals: dict[str, float]) -> dict[str, float]:
+        return means(totals, self.per)
+
+
+def means(totals: dict[str, float], per: dict[str, str] | None = None) -> dict[str, float | None]:
+    """Each summed statistic as a mean: per its count statistic (`per`), else per "weight"; the count statistics
+    themselves stay counts, and a mean over nothing is None."""
+    per = per or {}
+    counts = set(per.values())
+    out = {}
+    for k, v in totals.items():
+        if k != "weight":
+            n = totals[per.get(k, "weight")]
+            out[k] = v if k in counts else (v / n if n else None)
+    return out
 
 
 class Run:
@@ -244,8 +261,7 @@ def fit(run: Run, model, cfg: dict, objective: Objective, seed: int, name: str, 
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value
             if step_live is not None:
-                step = run.sum(stats)
-                log_metrics(step_live, {k: v / step["weight"] for k, v in step.items() if k != "weight"})
+                log_metrics(step_live, objective.means(run.sum(stats)))
                 log_metrics(step_live, {"grad_norm": grad_norm})
                 step_live.log_metric("lr", lr)  # unrounded: a decayed lr can be far below 1e-6
                 step_live.next_step()
@@ -253,7 +269,7 @@ def fit(run: Run, model, cfg: dict, objective: Objective, seed: int, name: str, 
                 checkpoint(epoch, k, run.sum(totals))
         totals = run.sum(totals)
         model.eval()
-        metrics = {f"train_{k}": v / totals["weight"] for k, v in totals.items() if k != "weight"}
+        metrics = {f"train_{k}": v for k, v in objective.means(totals).items()}
         metrics.update(objective.evaluate(model))
         history.append(metrics)
         log.info("epoch %d: %s", epoch, " ".join(
