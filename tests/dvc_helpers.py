@@ -122,10 +122,29 @@ def lock_outs(lock_text: str, stage: str) -> dict[str, str]:
     return {out["path"]: out["md5"] for out in yaml.safe_load(lock_text)["stages"][stage]["outs"]}
 
 
-def tiny_clone(dest: Path, remote: Path | None = None) -> Path:
-    """A git clone of this repository with the TINY params committed (and `remote` as the default
-    DVC remote, committed in .dvc/config, when given). Nothing has run in it yet."""
+def clone_working_tree(dest: Path) -> Path:
+    """A git clone of this repository carrying the working tree as it is on disk: tracked files with their
+    uncommitted edits, new files git does not ignore, and deletions, committed in the clone. So the end-to-end
+    tests test the code being written, not the last commit."""
     git("clone", "-q", str(ROOT), str(dest), cwd=dest.parent)
+    listed = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=ROOT).stdout.split("\0")
+    for name in filter(None, listed):
+        source, target = ROOT / name, dest / name
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        elif not source.exists() and target.is_file():
+            target.unlink()
+    git("add", "-A", cwd=dest)
+    if git("status", "--porcelain", cwd=dest).stdout:
+        git("commit", "-q", "-m", "the working tree's changes", cwd=dest)
+    return dest
+
+
+def tiny_clone(dest: Path, remote: Path | None = None) -> Path:
+    """A clone of this repository's working tree (clone_working_tree) with the TINY params committed (and
+    `remote` as the default DVC remote, committed in .dvc/config, when given). Nothing has run in it yet."""
+    clone_working_tree(dest)
     params = read_params(dest)
     for section, values in TINY.items():
         params[section].update(values)

@@ -306,3 +306,61 @@ def test_rows_from_memory_use_the_source_name():
     assert normalize_rows(iter(PAIRS), "mem") == PAIRS
     with pytest.raises(UserError, match=r"^org/set\[train\]: row 1: field 'chosen': missing"):
         normalize_rows([{"prompt": "p", "rejected": "b"}], "org/set[train]")
+
+
+# --- unpaired feedback (KTO) ---------------------------------------------------------------------------
+
+UNPAIRED_ROWS = [{"prompt": "Fix: he go.", "completion": " He goes.", "label": True},
+                 {"prompt": "Fix: he go.", "completion": " He go.", "label": False}]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "yaml", "csv", "parquet"])
+def test_trl_unpaired_rows_in_every_format(tmp_path, fmt):
+    import json
+
+    import yaml
+
+    path = tmp_path / f"feedback.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in UNPAIRED_ROWS))
+    elif fmt == "json":
+        path.write_text(json.dumps(UNPAIRED_ROWS))
+    elif fmt == "yaml":
+        path.write_text(yaml.safe_dump(UNPAIRED_ROWS))
+    elif fmt == "csv":  # CSV cells are text: "true" / "false"
+        pd.DataFrame(UNPAIRED_ROWS).assign(label=["true", "False"]).to_csv(path, index=False)
+    else:
+        pd.DataFrame(UNPAIRED_ROWS).to_parquet(path)
+    assert load_pairs(path) == UNPAIRED_ROWS
+
+
+def test_conversational_unpaired_rows_trl_and_llama_factory_layouts():
+    trl = {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "hello"}],
+           "label": True}
+    factory = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+               "label": True}
+    sharegpt_turns = {"messages": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}],
+                      "kto_tag": True, "system": "Be kind."}
+    a, b, c = (normalize_rows([row], "feedback.json")[0] for row in (trl, factory, sharegpt_turns))
+    assert (a["prompt"], a["completion"], a["label"]) == ("user: hi\nassistant:", " hello\n", True)
+    assert {k: b[k] for k in ("prompt", "completion", "label")} == {k: a[k] for k in ("prompt", "completion", "label")}
+    assert c["prompt"] == "system: Be kind.\nuser: hi\nassistant:" and c["label"] is True
+    assert c["messages"]["completion"] == [{"role": "assistant", "content": "hello"}]
+
+
+@pytest.mark.parametrize("row, field, problem", [
+    ({"prompt": "p", "completion": "c", "label": "maybe"}, "label", "expected true or false"),
+    ({"prompt": "p", "label": True}, "completion", "missing"),
+    ({"messages": [{"role": "user", "content": "hi"}], "label": False}, "messages", "must end with the assistant"),
+    ({"prompt": "p", "completion": "  ", "label": True}, "completion", "empty"),
+])
+def test_bad_unpaired_rows(row, field, problem):
+    with pytest.raises(DataError) as err:
+        normalize_rows([row], "feedback.jsonl")
+    assert f"feedback.jsonl: row 1: field '{field}': {problem}" in str(err.value)
+
+
+def test_pairs_and_unpaired_rows_do_not_mix():
+    with pytest.raises(DataError, match=r"mixed.jsonl: row 2: is unpaired feedback \(label\), but row 1 is a "
+                                        r"preference pair"):
+        normalize_rows([{"prompt": "p", "chosen": "a", "rejected": "b"}, UNPAIRED_ROWS[0]], "mixed.jsonl")

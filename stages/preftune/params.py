@@ -59,6 +59,8 @@ def start_stage(description: str) -> Section:
     # reports) goes below the default level.
     for library in ("accelerate", "transformers", "peft", "huggingface_hub"):
         logging.getLogger(library).setLevel(logging.WARNING)
+    # Saving a tied-embedding model's checkpoint warns every epoch that the tied copy was left out, as it should be.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     params = load_params(args.params)
     validate(params)
