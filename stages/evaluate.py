@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from preftune import data, judge, modeling, plots
-from preftune.batching import Encoder, collate, to_device
+from preftune.batching import Encoder, collate, length_batches, to_device
 from preftune.errors import exit_on_user_error
 from preftune.generation import generate_answers
 from preftune.logprobs import sequence_logprobs
@@ -53,8 +53,8 @@ class Policies:
         encode = Encoder(tokenizer, max_length)
         sequences = [encode(p, a) for p, a in zip(repeated, answers)]
         diffs = []
-        for start in tqdm(range(0, len(sequences), 64), desc="KL estimate", unit="batch", leave=False):
-            batch = to_device(collate(sequences[start:start + 64], tokenizer.pad_token_id), device)
+        for idx in tqdm(length_batches(sequences, 64), desc="KL estimate", unit="batch", leave=False):
+            batch = to_device(collate([sequences[i] for i in idx], tokenizer.pad_token_id), device)
             dpo_lp, _ = sequence_logprobs(self.dpo.eval(), batch)
             if self.lora:
                 with self.dpo.disable_adapter():

@@ -13,12 +13,12 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from preftune import data, modeling
-from preftune.batching import Encoder, collate, to_device
+from preftune.batching import Encoder, collate, length_batches, to_device
 from preftune.errors import exit_on_user_error
 from preftune.logprobs import sequence_logprobs
 from preftune.params import section, start_stage
 from preftune.paths import REFERENCE, REFERENCE_ENCODING, SFT, prepared
-from preftune.pairs import encode_pairs, length_batches, reference_key
+from preftune.pairs import BATCH, encode_pairs, reference_key
 
 log = logging.getLogger("reference")
 
@@ -37,7 +37,7 @@ def main() -> None:
     encoded = {split: encode_pairs(encode, data.read_jsonl(prepared(split))) for split in ("train", "heldout")}
     # Length-sorted batches, the same whatever the number of ranks; rank r computes batches r, r + N, ...
     work = [(split, kind, idx) for split, kinds in encoded.items() for kind, seqs in kinds.items()
-            for idx in length_batches(seqs)]
+            for idx in length_batches(seqs, BATCH)]
     mine = []
     with torch.no_grad():
         for n, (split, kind, idx) in enumerate(tqdm(work[rank::world], desc="reference log-probs", unit="batch",

@@ -147,3 +147,10 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, group_by_length:
     if group_by_length:
         rng.shuffle(batches)
     return batches
+
+
+def length_batches(sequences: list[Sequence], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar length (longest first: a memory problem shows at once), for forward-only
+    passes: padding shrinks, and results go back to the original order by index."""
+    order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i].ids), i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

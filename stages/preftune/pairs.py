@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from .batching import Encoder, Sequence, collate, to_device
+from .batching import Encoder, Sequence, collate, length_batches, to_device
 from .formats import is_unpaired
 from .logprobs import sequence_logprobs
 from .modeling import autocast
@@ -39,13 +39,6 @@ def encode_pairs(encode: Encoder, rows: list[dict]) -> dict[str, list[Sequence]]
     out["mismatched"] = [encode(rows[i]["prompt"], rows[(i + 1) % n][good],
                                 eos=not rows[(i + 1) % n].get(f"{good}_cut", False), count=False) for i in range(n)]
     return out
-
-
-def length_batches(sequences: list[Sequence], batch_size: int = BATCH) -> list[list[int]]:
-    """Indices in batches of similar length (longest first: a memory problem shows at once), for forward-only
-    passes: padding shrinks, and results go back to the original order by index."""
-    order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i].ids), i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .batching import Encoder, collate, to_device
+from .batching import Encoder, collate, length_batches, to_device
 from .gold import is_correct
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,11 @@ def score(model, sequences, pad_id: int, device) -> torch.Tensor:
 def score_texts(model, encode: Encoder, prompts: list[str], responses: list[str], device, batch_size: int = 64,
                 desc: str = "score answers") -> list[float]:
     model.eval()
-    out: list[float] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
-        seqs = [encode(p, r) for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
-        out += score(model, seqs, encode.tokenizer.pad_token_id, device).tolist()
+    sequences = [encode(p, r) for p, r in zip(prompts, responses)]
+    out = [0.0] * len(sequences)
+    for idx in tqdm(length_batches(sequences, batch_size), desc=desc, unit="batch", leave=False):
+        for i, reward in zip(idx, score(model, [sequences[i] for i in idx], encode.tokenizer.pad_token_id, device).tolist()):
+            out[i] = reward
     return out
 
 
