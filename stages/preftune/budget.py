@@ -19,6 +19,8 @@ row is dropped when nothing of its prompt would remain. Every cut and drop is co
 
 from __future__ import annotations
 
+from tqdm import tqdm
+
 from .batching import Encoder
 from .formats import RenderMessages, answer_fields, render_row
 
@@ -37,7 +39,7 @@ def fit_rows(rows: list[dict], encode: Encoder, max_prompt_length: int, truncati
              **{f"{f}_cut": 0 for f in fields}, **{f"{f}_tokens_removed": 0 for f in fields},
              "dropped_answer_too_long": 0, "dropped_nothing_left": 0}
     kept = []
-    for row in rows:
+    for row in tqdm(rows, desc="fit rows to max_length", unit="row", leave=False):
         fitted = _fit(row, fields, encode, max_prompt_length, truncation, render, stats)
         if fitted is not None:
             kept.append(fitted)

@@ -30,7 +30,7 @@ from . import cores
 from .batching import batch_order
 from .checkpoints import Checkpoints
 from .errors import ConfigError
-from .modeling import resolve_device
+from .modeling import check_precision, resolve_device
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # params.yaml's names -> accelerate's
 
@@ -76,6 +76,7 @@ class Run:
         resolved = resolve_device(device)
         if cfg["precision"] == "fp16" and resolved.type == "cpu":
             raise ConfigError("params.yaml: precision fp16 needs a GPU (CPU autocast is bf16 only); use bf16 or fp32")
+        check_precision(resolved.type, cfg["precision"])
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # one process may build several Runs (tests, benchmarks)
             AcceleratorState._reset_state()
         self.accelerator = Accelerator(cpu=resolved.type == "cpu", mixed_precision=PRECISIONS[cfg["precision"]],
