@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """DPO on a real model, this stage's step against TRL's DPOTrainer, in one run: SmolLM2-135M-Instruct, LoRA r8 on all
 linear layers, 8 pairs a step, max_length 256, multi-turn ShareGPT pairs (tests/fixtures/datasets/sharegpt.json,
-rendered by the model's chat template and fitted to 256 tokens by the pipeline's own length rule, budget.fit_pairs).
+rendered by the model's chat template and fitted to 256 tokens by the pipeline's own length rule, budget.fit_rows).
 
     /tmp/bench-venv/bin/python benchmarks/dpo_smollm2.py     # a python with trl==1.16.0 (benchmarks/README.md)
 
@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 from preftune import budget, formats, modeling, training  # noqa: E402
 from preftune.batching import Encoder, batch_order  # noqa: E402
+from preftune.params import load_params  # noqa: E402
 from preftune.logprobs import ResponseLogprobs  # noqa: E402
 from preftune.pairs import encode_pairs, logprobs_of  # noqa: E402
 from preftune.preference import PairBatcher, pair_objective  # noqa: E402
@@ -68,16 +69,17 @@ def pairs(tokenizer) -> list[dict]:
         if key not in seen:
             seen.add(key)
             distinct.append(row)
-    fitted, _ = budget.fit_pairs(distinct, budget.TokenCounter(tokenizer), MAX_LENGTH,
-                                 modeling.chat_renderer(tokenizer))
-    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in fitted]
+    fitted, _ = budget.fit_rows(distinct, Encoder(tokenizer, MAX_LENGTH), budget.default_prompt_length(MAX_LENGTH, None),
+                                "truncate", modeling.chat_renderer(tokenizer))
+    return [{k: v for k, v in r.items() if k != "messages"} for r in fitted]
 
 
 def stage_child(cfg: dict, model_dir: str, steps: int) -> dict:
-    run_cfg = {"precision": cfg["precision"], "gradient_accumulation_steps": 1,
+    run_cfg = {**load_params(str(REPO / "params.yaml"))["dpo"],  # every loss option at its default
+               "precision": cfg["precision"], "gradient_accumulation_steps": 1,
                "gradient_checkpointing": cfg["checkpointing"], "batch_size": BATCH, "epochs": 1, "lr": LR,
                "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0, "loss": "sigmoid", "beta": BETA,
-               "reference": "sft", "label_smoothing": 0.0, "simpo_gamma": 0.5, "orpo_lambda": 0.1}
+               "reference": "sft", "label_smoothing": 0.0}
     run = training.Run("cpu", run_cfg)
     tokenizer = modeling.load_tokenizer(model_dir)
     rows = pairs(tokenizer)

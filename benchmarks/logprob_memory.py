@@ -29,13 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "stages"))
 
 import torch  # noqa: E402
 
 from preftune import logprobs, modeling, supervised, training  # noqa: E402
 from preftune.batching import Sequence  # noqa: E402
 from preftune.logprobs import ResponseLogprobs  # noqa: E402
+from preftune.params import load_params  # noqa: E402
 from preftune.preference import PairBatcher, pair_objective  # noqa: E402
 from preftune.training import Run  # noqa: E402
 
@@ -79,8 +81,8 @@ def child(stage: str, variant: str, model_dir: str, batch: int, length: int, dev
                  "rejected": sequences(batch, length, len(tokenizer), 2)}
         reference = {k: torch.zeros(batch) for k in ("chosen", "rejected")}
         batcher = PairBatcher(pairs, reference, tokenizer.pad_token_id, run.device)
-        dpo = {"loss": "sigmoid", "beta": 0.1, "reference": "sft", "label_smoothing": 0.0, "simpo_gamma": 0.5,
-               "orpo_lambda": 0.1}
+        dpo = {**load_params(str(ROOT / "params.yaml"))["dpo"], "loss": "sigmoid", "beta": 0.1, "reference": "sft",
+               "label_smoothing": 0.0}  # params.yaml's dpo section: every loss option at its default
         objective = pair_objective(run, batcher, batcher, batch, batch, {**cfg, **dpo})
     # The stages' own step: training.train_step on the stage's objective, the model wrapped as training wraps it.
     model, optimizer, scheduler = training.prepare(run, ResponseLogprobs(model), cfg, batch)

@@ -53,7 +53,7 @@ class Policies:
         encode = Encoder(tokenizer, max_length)
         sequences = [encode(p, a) for p, a in zip(repeated, answers)]
         diffs = []
-        for idx in tqdm(length_batches(sequences, 64), desc="KL estimate", unit="batch", leave=False):
+        for idx in tqdm(length_batches(sequences, 64), desc="KL estimate", unit="batch", leave=False, disable=None):
             batch = to_device(collate([sequences[i] for i in idx], tokenizer.pad_token_id), device)
             dpo_lp, _ = sequence_logprobs(self.dpo.eval(), batch)
             if self.lora:

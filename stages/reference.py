@@ -41,7 +41,7 @@ def main() -> None:
     mine = []
     with torch.no_grad():
         for n, (split, kind, idx) in enumerate(tqdm(work[rank::world], desc="reference log-probs", unit="batch",
-                                                    disable=not state.is_main_process)):
+                                                    disable=None if state.is_main_process else True)):
             batch = to_device(collate([encoded[split][kind][i] for i in idx], tokenizer.pad_token_id), device)
             with modeling.autocast(device, precision):
                 sums = sequence_logprobs(model, batch)[0].float().cpu().tolist()

@@ -294,3 +294,16 @@ def test_pair_diagnostics_accuracy_is_strict_and_reference_free_omits_kl():
     al = [x / n for x, n in zip(PR, TOK_L)]
     assert d["pair_accuracy"] == mean([1.0 if w > l else 0.0 for w, l in zip(aw, al)])
     assert d["margin"] == pytest.approx(BETA * mean([w - l for w, l in zip(aw, al)]))
+
+
+def test_kto_on_unpaired_rows_is_the_pair_form_split_by_label():
+    """Each pair is one desirable and one undesirable example: the unpaired loss on those two examples, averaged,
+    is the pair loss; the weights scale only their own kind."""
+    pc, pr, rc, rr = worked()
+    z = torch.tensor(0.05, dtype=torch.float64)
+    policy, ref = torch.cat([pc, pr]), torch.cat([rc, rr])
+    labels = torch.tensor([True] * len(pc) + [False] * len(pr))
+    unpaired = L.kto_unpaired_loss(policy, ref, labels, z, BETA, 1.5, 0.5)
+    torch.testing.assert_close((unpaired[:len(pc)] + unpaired[len(pc):]) / 2, L.kto_loss(pc, pr, rc, rr, z, BETA, 1.5, 0.5))
+    plain = L.kto_unpaired_loss(policy, ref, labels, z, BETA)
+    torch.testing.assert_close(unpaired, torch.where(labels, 1.5 * plain, 0.5 * plain))

@@ -39,7 +39,7 @@ def fit_rows(rows: list[dict], encode: Encoder, max_prompt_length: int, truncati
              **{f"{f}_cut": 0 for f in fields}, **{f"{f}_tokens_removed": 0 for f in fields},
              "dropped_answer_too_long": 0, "dropped_nothing_left": 0}
     kept = []
-    for row in tqdm(rows, desc="fit rows to max_length", unit="row", leave=False):
+    for row in tqdm(rows, desc="fit rows to max_length", unit="row", leave=False, disable=None):
         fitted = _fit(row, fields, encode, max_prompt_length, truncation, render, stats)
         if fitted is not None:
             kept.append(fitted)

@@ -48,7 +48,7 @@ def logprobs_of(model, sequences: list[Sequence], pad_id: int, device, batch_siz
     model.eval()
     out = torch.zeros(len(sequences))
     batches = length_batches(sequences, batch_size)
-    for idx in tqdm(batches, desc=desc, disable=desc is None, leave=False, unit="batch"):
+    for idx in tqdm(batches, desc=desc, disable=True if desc is None else None, leave=False, unit="batch"):
         with autocast(device, precision):
             sums = sequence_logprobs(model, to_device(collate([sequences[i] for i in idx], pad_id), device))[0]
         out[idx] = sums.float().cpu()

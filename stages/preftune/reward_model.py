@@ -89,7 +89,7 @@ def score_texts(model, encode: Encoder, prompts: list[str], responses: list[str]
     model.eval()
     sequences = [encode(p, r) for p, r in zip(prompts, responses)]
     out = [0.0] * len(sequences)
-    for idx in tqdm(length_batches(sequences, batch_size), desc=desc, unit="batch", leave=False):
+    for idx in tqdm(length_batches(sequences, batch_size), desc=desc, unit="batch", leave=False, disable=None):
         for i, reward in zip(idx, score(model, [sequences[i] for i in idx], encode.tokenizer.pad_token_id, device).tolist()):
             out[i] = reward
     return out
@@ -130,7 +130,7 @@ def evaluate_labels(model, sequences, desirable: list[bool], pad_id: int, device
     model.eval()
     totals: dict = {}
     labels = torch.tensor(desirable, dtype=torch.bool)
-    for start in tqdm(range(0, len(sequences), batch_size), desc="judge rows", unit="batch", leave=False):
+    for start in tqdm(range(0, len(sequences), batch_size), desc="judge rows", unit="batch", leave=False, disable=None):
         for k, v in label_sums(model, sequences[start:start + batch_size], labels[start:start + batch_size],
                                pad_id, device).items():
             totals[k] = totals.get(k, 0.0) + float(v)
@@ -149,7 +149,7 @@ def summarise(sums: dict) -> dict:
 def evaluate_pairs(model, pairs, pad_id: int, device, batch_size: int = 32, desc: str = "judge pairs") -> dict:
     model.eval()
     totals: dict = {}
-    for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", leave=False):
+    for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", leave=False, disable=None):
         for k, v in pair_sums(model, pairs[start:start + batch_size], pad_id, device).items():
             totals[k] = totals.get(k, 0.0) + float(v)
     return summarise(totals)

@@ -256,7 +256,7 @@ def fit(run: Run, model, cfg: dict, objective: Objective, seed: int, name: str, 
         batches = batch_order(objective.lengths, run.global_batch(cfg["batch_size"]), seed + epoch)
         done = start_step if epoch == start_epoch else 0  # batches of this epoch already trained on
         for k, batch in enumerate(tqdm(batches[done:], desc=f"{name} epoch {epoch}", leave=False,
-                                       disable=not run.is_main), start=done + 1):
+                                       disable=None if run.is_main else True), start=done + 1):
             lr = scheduler.get_last_lr()[0]
             stats, grad_norm = train_step(run, model, optimizer, scheduler, objective, batch, cfg["max_grad_norm"])
             for key, value in stats.items():
