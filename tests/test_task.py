@@ -45,18 +45,21 @@ def _prepare(workdir: Path, seed: int) -> dict[str, bytes]:
     done = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py"), "--params", "params.yaml"],
                           cwd=workdir, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    files = sorted((workdir / "data" / "prepared").glob("*.jsonl")) + [workdir / "metrics" / "prepare.json"]
+    prepared = workdir / "data" / "prepared"
+    files = sorted([*prepared.glob("*.jsonl"), *(prepared / "checks").iterdir()]) + [workdir / "metrics" / "prepare.json"]
     return {str(f.relative_to(workdir)): f.read_bytes() for f in files}
 
 
 def test_prepare_files_are_byte_identical_for_the_same_seed(tmp_path):
     first, second = _prepare(tmp_path / "a", 42), _prepare(tmp_path / "b", 42)
-    assert sorted(first) == ["data/prepared/gold.jsonl", "data/prepared/heldout.jsonl",
-                             "data/prepared/judge.jsonl", "data/prepared/sft.jsonl", "data/prepared/train.jsonl",
-                             "data/prepared/validation.jsonl", "metrics/prepare.json"]
+    assert sorted(first) == ["data/prepared/checks/README.md", "data/prepared/checks/gold.jsonl",
+                             "data/prepared/checks/judge.jsonl", "data/prepared/checks/validation.jsonl",
+                             "data/prepared/heldout.jsonl", "data/prepared/sft.jsonl", "data/prepared/train.jsonl",
+                             "metrics/prepare.json"]
     assert first == second
     other = _prepare(tmp_path / "c", 43)
-    for name in ("gold.jsonl", "heldout.jsonl", "sft.jsonl", "train.jsonl", "validation.jsonl", "judge.jsonl"):
+    for name in ("checks/gold.jsonl", "heldout.jsonl", "sft.jsonl", "train.jsonl", "checks/validation.jsonl",
+                 "checks/judge.jsonl"):
         assert other[f"data/prepared/{name}"] != first[f"data/prepared/{name}"], name
 
 
