@@ -13,12 +13,11 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from preftune import data, modeling
-from preftune.batching import Encoder, collate, length_batches, to_device
+from preftune.batching import Encoder, length_batches
 from preftune.errors import exit_on_user_error
-from preftune.logprobs import sequence_logprobs
 from preftune.params import section, start_stage
 from preftune.paths import REFERENCE, REFERENCE_ENCODING, SFT, prepared
-from preftune.pairs import BATCH, encode_pairs, reference_key
+from preftune.pairs import BATCH, encode_pairs, logprobs_of, reference_key
 
 log = logging.getLogger("reference")
 
@@ -38,14 +37,10 @@ def main() -> None:
     # Length-sorted batches, the same whatever the number of ranks; rank r computes batches r, r + N, ...
     work = [(split, kind, idx) for split, kinds in encoded.items() for kind, seqs in kinds.items()
             for idx in length_batches(seqs, BATCH)]
-    mine = []
-    with torch.no_grad():
-        for n, (split, kind, idx) in enumerate(tqdm(work[rank::world], desc="reference log-probs", unit="batch",
-                                                    disable=None if state.is_main_process else True)):
-            batch = to_device(collate([encoded[split][kind][i] for i in idx], tokenizer.pad_token_id), device)
-            with modeling.autocast(device, precision):
-                sums = sequence_logprobs(model, batch)[0].float().cpu().tolist()
-            mine.append((split, kind, idx, sums))
+    mine = [(split, kind, idx, logprobs_of(model, [encoded[split][kind][i] for i in idx], tokenizer.pad_token_id,
+                                           device, precision=precision).tolist())
+            for split, kind, idx in tqdm(work[rank::world], desc="reference log-probs", unit="batch",
+                                         disable=None if state.is_main_process else True)]
     found = gather_object(mine) if world > 1 else mine
     if not state.is_main_process:
         return

@@ -140,12 +140,7 @@ def _normalize_row(row: Mapping, render: RenderMessages) -> dict:
         if field not in row:
             raise _BadField(field, "missing", "every row needs 'chosen' and 'rejected' (and usually 'prompt')")
     values = {field: row[field] for field in PAIR_FIELDS if field in row}
-    conversational = any(isinstance(value, list) for value in values.values())
-    for field, value in values.items():
-        if conversational:
-            _check_messages(field, value)
-        else:
-            _check_text(field, value)
+    conversational = _check_fields(values)
     if values["chosen"] == values["rejected"]:
         raise _BadField("rejected", "identical to 'chosen'", "a pair needs two different responses; fix or drop the row")
 
@@ -181,16 +176,9 @@ def _normalize_unpaired(row: Mapping, render: RenderMessages) -> dict:
                 raise _BadField(field, "missing", "unpaired rows need 'prompt', 'completion' and 'label' "
                                                   "(or LLaMA-Factory's 'messages' and 'label')")
         values = {"prompt": row["prompt"], "completion": row["completion"]}
-    conversational = any(isinstance(v, list) for v in values.values())
-    for field, value in values.items():
-        if conversational:
-            _check_messages(field, value)
-        else:
-            _check_text(field, value)
-    if not conversational:
+    if not _check_fields(values):
         return {**values, "label": label}
-    if values["prompt"][-1]["role"] == "assistant":
-        raise _BadField("prompt", "ends with an assistant message", "end the prompt with the user's turn")
+    _check_prompt_end(values["prompt"])
     rendered = render_row(values, render)
     return {"prompt": rendered["prompt"], "completion": rendered["completion"], "label": label,
             "messages": rendered["messages"]}
@@ -212,6 +200,19 @@ def _role_message(i: int, message) -> dict:
     if isinstance(message, Mapping) and "from" in message:
         return _sharegpt_message(f"messages[{i}]", message)
     return message
+
+
+def _check_fields(values: dict) -> bool:
+    """Check every field as text, or (if any is a list) every field as messages; True when conversational."""
+    conversational = any(isinstance(value, list) for value in values.values())
+    for field, value in values.items():
+        (_check_messages if conversational else _check_text)(field, value)
+    return conversational
+
+
+def _check_prompt_end(prompt: list) -> None:
+    if prompt[-1]["role"] == "assistant":
+        raise _BadField("prompt", "ends with an assistant message", "end the prompt with the user's turn")
 
 
 def _check_text(field: str, value) -> None:
@@ -257,8 +258,7 @@ def _render_conversation(values: dict, render: RenderMessages) -> dict:
         prompt, chosen, rejected = values["prompt"], values["chosen"], values["rejected"]
     else:
         prompt, chosen, rejected = _split_shared_messages(values["chosen"], values["rejected"])
-    if prompt[-1]["role"] == "assistant":
-        raise _BadField("prompt", "ends with an assistant message", "end the prompt with the user's turn")
+    _check_prompt_end(prompt)
     return render_row({"prompt": prompt, "chosen": chosen, "rejected": rejected}, render)
 
 
