@@ -767,7 +767,7 @@ def main() -> None:
                     extra.append(r42)
         md += [f"## {SET_TITLES[s]}", ""]
         if s == "break_it":
-            md += ["The seed's four \"things to break\", each a single `-S` change from the default, next to the default "
+            md += ["The lab's four \"things to break\", each a single `-S` change from the default, next to the default "
                    "config rerun as an experiment (`break-default`).", ""]
         elif s == "beta_sweep":
             md += ["The DPO (`sigmoid`) loss at seven values of β; everything else is the default.", ""]

@@ -116,7 +116,7 @@ def drop_duplicates(pairs: list[dict], policy: str, source: str) -> tuple[list[d
 
 
 def main() -> None:
-    params = start_stage(__doc__)
+    params = start_stage("prepare", __doc__)
     seed, cfg = params["seed"], section(params, "data")
 
     model_cfg = section(params, "model")

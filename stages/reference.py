@@ -13,17 +13,17 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from preftune import data, modeling
-from preftune.batching import Encoder, length_batches
+from preftune.batching import EVAL_BATCH, Encoder, length_batches
 from preftune.errors import exit_on_user_error
 from preftune.params import section, start_stage
 from preftune.paths import REFERENCE, REFERENCE_ENCODING, SFT, prepared
-from preftune.pairs import BATCH, encode_pairs, logprobs_of, reference_key
+from preftune.pairs import encode_pairs, logprobs_of, reference_key
 
 log = logging.getLogger("reference")
 
 
 def main() -> None:
-    params = start_stage(__doc__)
+    params = start_stage("reference", __doc__)
     model_cfg, precision = section(params, "model"), section(params, "dpo")["precision"]
     from accelerate import PartialState
     from accelerate.utils import gather_object
@@ -36,7 +36,7 @@ def main() -> None:
     encoded = {split: encode_pairs(encode, data.read_jsonl(prepared(split))) for split in ("train", "heldout")}
     # Length-sorted batches, the same whatever the number of ranks; rank r computes batches r, r + N, ...
     work = [(split, kind, idx) for split, kinds in encoded.items() for kind, seqs in kinds.items()
-            for idx in length_batches(seqs, BATCH)]
+            for idx in length_batches(seqs, EVAL_BATCH)]
     mine = [(split, kind, idx, logprobs_of(model, [encoded[split][kind][i] for i in idx], tokenizer.pad_token_id,
                                            device, precision=precision).tolist())
             for split, kind, idx in tqdm(work[rank::world], desc="reference log-probs", unit="batch",

@@ -5,40 +5,35 @@ Saves models/reward (AutoModelForSequenceClassification) and logs metrics/reward
 import logging
 
 from preftune import data, modeling
-from preftune.errors import ConfigError, exit_on_user_error
-from preftune.params import section, start_stage
-from preftune.paths import REWARD, SFT, check_set, prepared
+from preftune.batching import Encoder
+from preftune.errors import exit_on_user_error
+from preftune.paths import REWARD, SFT, check_set, live, prepared
 from preftune.reward_model import gold_agreement, load_reward_model
-from preftune.reward_training import train_reward_model
-from preftune.training import Run, enable_checkpointing, log_metrics
+from preftune.reward_training import reward_objective
+from preftune.training import enable_checkpointing, fit, log_metrics, start_training
 
 log = logging.getLogger("reward")
 
 
 def main() -> None:
-    params = start_stage(__doc__)
-    seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "reward")
-    run = Run(model_cfg["device"], cfg, "reward", params)  # one process, or this rank of a torchrun / accelerate launch
-    modeling.seed_everything(seed)  # the same on every rank: the same initial head
-
-    train = data.read_jsonl(prepared("train"))
-    heldout = data.read_jsonl(prepared("heldout"))
-    if len(train) < cfg["batch_size"]:
-        raise ConfigError(f"params.yaml: reward.batch_size: {cfg['batch_size']} is more than the {len(train)} "
-                          f"training rows; lower it, or hold out fewer rows (data.heldout)")
-    gold = data.read_optional_jsonl(check_set("gold"))  # the built-in task's gold prompts; none for user data
+    params, model_cfg, cfg, run, seed = start_training("reward", __doc__)
     tokenizer = modeling.load_tokenizer(SFT)
+    encode = Encoder(tokenizer, model_cfg["max_length"])
+    # Built before any model loads: a batch larger than the data is one line.
+    objective = reward_objective(run, encode, data.read_jsonl(prepared("train")), data.read_jsonl(prepared("heldout")),
+                                 cfg)
     model = load_reward_model(SFT)
     if cfg["gradient_checkpointing"]:
         enable_checkpointing(model)
 
-    live = run.live("metrics/reward")
+    metrics_live = run.live(live("reward"))
     modeling.seed_everything(seed + run.rank)  # dropout differs per rank
-    metrics, scorer = train_reward_model(run, model, tokenizer, train, heldout, cfg, model_cfg["max_length"], seed,
-                                         live)
-    run.save_pretrained(scorer, REWARD)
+    history, trained = fit(run, model, objective, seed, metrics_live)
+    metrics = {**history[-1], **encode.stats()}
+    run.save_pretrained(trained, REWARD)
     if run.is_main:
         tokenizer.save_pretrained(REWARD)
+        gold = data.read_optional_jsonl(check_set("gold"))  # the built-in task's gold prompts; none for user data
         if gold:
             model = load_reward_model(REWARD).to(run.device) if run.sharded else model
             policy = modeling.load_causal_lm(SFT).to(run.device)
@@ -46,9 +41,9 @@ def main() -> None:
                                           cfg["agreement_prompts"], cfg["agreement_samples"], seed, run.device))
             log.info("agreement with the gold checker on SFT samples: %s over %d pairs",
                      metrics["gold_agreement"], metrics["gold_agreement_pairs"])
-        log_metrics(live, {k: metrics.get(k) for k in ("gold_agreement", "gold_agreement_pairs", "truncated",
-                                                       "boundary_merges")})
-    live.end()
+        log_metrics(metrics_live, {k: metrics.get(k) for k in ("gold_agreement", "gold_agreement_pairs", "truncated",
+                                                               "boundary_merges")})
+    metrics_live.end()
     run.finish()
 
 

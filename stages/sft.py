@@ -6,25 +6,18 @@ safetensors checkpoint (save_pretrained), and logs metrics/sft (DVCLive)."""
 import logging
 
 from preftune import data, modeling
+from preftune.batching import Encoder
 from preftune.errors import exit_on_user_error
 from preftune.generation import generate_answers, gold_accuracy
-from preftune.params import section, start_stage
-from preftune.paths import SFT, TOKENIZER, check_set, prepared
-from preftune.supervised import train_sft
-from preftune.training import Run, enable_checkpointing, log_metrics
+from preftune.paths import SFT, TOKENIZER, check_set, live, prepared
+from preftune.supervised import SFTObjective
+from preftune.training import enable_checkpointing, fit, log_metrics, start_training
 
 log = logging.getLogger("sft")
 
 
 def main() -> None:
-    params = start_stage(__doc__)
-    seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "sft")
-    run = Run(model_cfg["device"], cfg, "sft", params)  # one process, or this rank of a torchrun / accelerate launch
-    modeling.seed_everything(seed)  # the same on every rank: every rank builds the same initial model
-
-    demos = data.read_jsonl(prepared("sft"))
-    heldout = data.read_jsonl(prepared("heldout"))
-    gold = data.read_optional_jsonl(check_set("gold"))  # the built-in task's gold prompts; none for user data
+    params, model_cfg, cfg, run, seed = start_training("sft", __doc__)
     tokenizer = modeling.load_tokenizer(TOKENIZER)  # prepare's: the base model's, or trained on the data
     if model_cfg["base"] == "scratch":
         model = modeling.new_gpt2(tokenizer, model_cfg["n_layer"], model_cfg["n_embd"], model_cfg["n_head"],
@@ -38,27 +31,30 @@ def main() -> None:
     if cfg["gradient_checkpointing"]:
         enable_checkpointing(model)
 
-    live = run.live("metrics/sft")
-    metrics = {}
+    metrics_live, metrics = run.live(live("sft")), {}
     if cfg["epochs"] > 0:
+        encode = Encoder(tokenizer, model_cfg["max_length"])
+        objective = SFTObjective(run, encode, data.read_jsonl(prepared("sft")), data.read_jsonl(prepared("heldout")),
+                                 cfg)
         modeling.seed_everything(seed + run.rank)  # dropout differs per rank
-        metrics, prepared_model = train_sft(run, model, tokenizer, demos, heldout, cfg, model_cfg["max_length"],
-                                            seed, live)
-        run.save_pretrained(prepared_model, SFT)
+        history, trained = fit(run, model, objective, seed, metrics_live)
+        metrics = {**history[-1], **encode.stats()}
+        run.save_pretrained(trained, SFT)
     if run.is_main:
         if cfg["epochs"] == 0:
             model.to(run.device).save_pretrained(SFT)
         tokenizer.save_pretrained(SFT)
         # The saved model, reloaded: what every later stage sees, whatever engine trained it.
         model = modeling.load_causal_lm(SFT).to(run.device) if run.sharded else model
+        gold = data.read_optional_jsonl(check_set("gold"))  # the built-in task's gold prompts; none for user data
         answers = generate_answers(model, tokenizer, [g["prompt"] for g in gold], cfg["eval_max_new_tokens"],
                                    desc="gold answers", max_length=model_cfg["max_length"])
         metrics["gold_accuracy"] = gold_accuracy(gold, answers)
         metrics["parameters"] = total
         log.info("gold accuracy of greedy answers: %s", metrics["gold_accuracy"])
-        log_metrics(live, {k: v for k, v in metrics.items() if k in ("gold_accuracy", "parameters", "truncated",
-                                                                     "boundary_merges")})
-    live.end()
+        log_metrics(metrics_live, {k: metrics.get(k) for k in ("gold_accuracy", "parameters", "truncated",
+                                                               "boundary_merges")})
+    metrics_live.end()
     run.finish()
 
 

@@ -95,7 +95,7 @@ def test_judge_agreement_without_decisive_prompts():
 
 
 @pytest.mark.parametrize("heldout, fresh, informative", [
-    ((29, 50), (0, 0), False),     # 0.58 on the seed's 50 pairs: [0.44, 0.71] includes chance
+    ((29, 50), (0, 0), False),     # 0.58 on the lab's 50 pairs: [0.44, 0.71] includes chance
     ((45, 50), (0, 0), True),      # 0.90: [0.79, 0.96]
     ((29, 50), (450, 500), True),  # the fresh pairs, when there are any, decide: 0.90 on 500
     ((45, 50), (260, 500), False),  # 0.52 on 500 fresh pairs: [0.48, 0.56]; the lucky 50 do not overrule it

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+# Sequences per forward wherever nothing is trained: reference log-probs, held-out metrics, scoring, the KL
+# estimate, generation. One value, so that a memory limit is met by changing one line.
+EVAL_BATCH = 64
+
 
 @dataclass(frozen=True)
 class Sequence:

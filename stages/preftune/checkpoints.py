@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -24,7 +23,6 @@ import yaml
 
 from .paths import CHECKPOINTS
 
-log = logging.getLogger(__name__)
 
 
 def inputs_key(stage: str, params: dict, world: int) -> str:

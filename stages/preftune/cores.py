@@ -75,11 +75,16 @@ class CoreShare:
 _share: CoreShare | None = None
 
 
-def register() -> None:
-    """Count this process as a running stage (stages call it at start; library users and tests do not)."""
+def register() -> str | None:
+    """Count this process as a running stage (params.start_stage does; library users and tests do not). Returns
+    what the share is when another stage is running too ("1 of 2 cores, 2 stages running"), else None."""
     global _share
     if _share is None:
         _share = CoreShare()
+    if not _share.enabled:
+        return None
+    running = _share.running()
+    return f"{torch.get_num_threads()} of {_share.cores} cores, {running} stages running" if running > 1 else None
 
 
 def adjust() -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from .batching import left_pad
+from .batching import EVAL_BATCH, left_pad
 from .gold import is_correct
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 64,
+def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = EVAL_BATCH,
                      sample: bool = False, seed: int = 0, desc: str = "generate", max_length: int | None = None,
                      stats: dict | None = None) -> list[str]:
     """One answer per prompt: greedy by default, or sampled at temperature 1 (seeded per batch).

@@ -31,26 +31,28 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def verdict(score_a: float, score_b: float, identical: bool = False) -> str:
+    """The one win/tie rule: "a" when A's score is strictly higher, "tie" when the scores are equal or the answers
+    identical (identical answers are ties whatever their scores), else "b"."""
+    if identical or score_a == score_b:
+        return "tie"
+    return "a" if score_a > score_b else "b"
+
+
 def win_rate_summary(scores_a: Sequence[float], scores_b: Sequence[float],
                      identical: Sequence[bool] | None = None) -> dict:
     """Judged comparison of model A (e.g. DPO) against model B (e.g. SFT), one score each per prompt.
 
     A prompt is a win when score_a > score_b strictly, a tie when the scores are equal or identical[i] is true
     (identical answers are ties whatever their scores), else a loss. Returns wins, ties, losses, n,
-    win_rate = wins / n (strict, as the seed counts), win_rate_ties_half = (wins + ties / 2) / n (AlpacaEval,
+    win_rate = wins / n (strict, as the lab counts), win_rate_ties_half = (wins + ties / 2) / n (AlpacaEval,
     FastChat), and win_rate_ci95 = [lo, hi], the Wilson interval of the strict win rate.
     """
     if identical is None:
         identical = [False] * len(scores_a)
     n = _check_lengths(scores_a=scores_a, scores_b=scores_b, identical=identical)
-    wins = ties = losses = 0
-    for a, b, same in zip(scores_a, scores_b, identical):
-        if same or a == b:
-            ties += 1
-        elif a > b:
-            wins += 1
-        else:
-            losses += 1
+    verdicts = [verdict(a, b, same) for a, b, same in zip(scores_a, scores_b, identical)]
+    wins, ties, losses = (verdicts.count(v) for v in ("a", "tie", "b"))
     lo, hi = wilson_interval(wins, n)
     return {
         "wins": wins,
@@ -93,6 +95,8 @@ def paired_difference(correct_a: Sequence[bool | int], correct_b: Sequence[bool 
         "difference_ci95": [lo, hi],
         "gold_win_rate": a_only / n,
         "gold_loss_rate": b_only / n,
+        "gold_wins": a_only,  # prompts where only A is correct
+        "gold_losses": b_only,
     }
 
 

@@ -8,27 +8,19 @@ response log-probabilities (prompt tokens masked out). Notation:
 "Summed" means log-probs summed over the response tokens; "averaged" means that sum divided by the number of
 response tokens. Which one each loss expects is stated in its docstring; `preference_loss` hands each loss the
 right one from a `PairLogps`.
+
+The functions trust their arguments: every range (beta >= 0, label_smoothing < 0.5, ...) is checked once, in
+schema.py, when a stage starts.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
-
-from preftune.errors import ConfigError
-
-
-class LossConfigError(ConfigError, ValueError):
-    """A bad loss name or loss option. A ValueError for callers, and a ConfigError so stages print one line."""
-
-
-def _check_beta(beta: float) -> None:
-    if beta < 0:
-        raise LossConfigError(f"beta must be >= 0, got {beta}")
 
 
 def _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected) -> torch.Tensor:
@@ -37,7 +29,6 @@ def _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected) -> torch.T
 
 def sigmoid_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float) -> torch.Tensor:
     """DPO (Rafailov et al. 2023): -logsigmoid(beta * h). Summed log-probs."""
-    _check_beta(beta)
     h = _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     return -F.logsigmoid(beta * h)
 
@@ -51,9 +42,6 @@ def cdpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: fl
 
     Summed log-probs. e = 0 is DPO. This is TRL's `loss_type="sigmoid"` with `label_smoothing=e`.
     """
-    _check_beta(beta)
-    if not 0.0 <= label_smoothing < 0.5:  # at 0.5 the labels are coin flips: nothing left to learn
-        raise LossConfigError(f"label_smoothing for cdpo must be in [0, 0.5), got {label_smoothing}")
     z = beta * _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     return -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 
@@ -67,9 +55,7 @@ def robust_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: 
     Summed log-probs. e = 0 is DPO; e must be < 0.5 (the correction divides by 1 - 2e). Unlike cdpo this loss is
     not bounded below for e > 0 (it rewards pushing h ever further), so keep e small.
     """
-    _check_beta(beta)
-    if not 0.0 <= label_smoothing < 0.5:
-        raise LossConfigError(f"label_smoothing for robust must be in [0, 0.5), got {label_smoothing}")
+    assert 0.0 <= label_smoothing < 0.5, label_smoothing  # the correction divides by 1 - 2e
     z = beta * _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     e = label_smoothing
     return (-(1.0 - e) * F.logsigmoid(z) + e * F.logsigmoid(-z)) / (1.0 - 2.0 * e)
@@ -77,7 +63,6 @@ def robust_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: 
 
 def hinge_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float) -> torch.Tensor:
     """SLiC hinge (Zhao et al. 2023), with the reference as in TRL's `hinge`: relu(1 - beta h). Summed log-probs."""
-    _check_beta(beta)
     h = _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     return torch.relu(1.0 - beta * h)
 
@@ -88,8 +73,7 @@ def ipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
     The caller passes per-token AVERAGED log-probs (policy and reference alike), as IPO's authors do: with sums the
     target margin 1/(2 beta) would scale with the response length. beta must be > 0.
     """
-    if beta <= 0:
-        raise LossConfigError(f"beta must be > 0 for ipo (the target margin is 1/(2 beta)), got {beta}")
+    assert beta > 0, beta  # the target margin is 1 / (2 beta)
     h = _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     return (h - 1.0 / (2.0 * beta)) ** 2
 
@@ -97,7 +81,6 @@ def ipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
 def simpo_loss(policy_chosen_avg, policy_rejected_avg, beta: float, gamma: float) -> torch.Tensor:
     """SimPO (Meng et al. 2024): -logsigmoid(beta (avg_w - avg_l) - gamma). Per-token AVERAGED policy log-probs,
     no reference model; gamma is the target reward margin."""
-    _check_beta(beta)
     return -F.logsigmoid(beta * (policy_chosen_avg - policy_rejected_avg) - gamma)
 
 
@@ -121,8 +104,6 @@ def orpo_loss(policy_chosen_avg, policy_rejected_avg, lam: float) -> torch.Tenso
     Per-token AVERAGED policy log-probs, no reference model. NLL(chosen) = -policy_chosen_avg (the SFT term);
     log_odds(p) = log p - log(1 - p), computed stably from log p. TRL's `beta` for ORPO is this `lam`.
     """
-    if lam < 0:
-        raise LossConfigError(f"orpo_lambda must be >= 0, got {lam}")
     ratio = _log_odds(policy_chosen_avg) - _log_odds(policy_rejected_avg)
     return -policy_chosen_avg - lam * F.logsigmoid(ratio)
 
@@ -153,7 +134,6 @@ def kto_unpaired_loss(policy, ref, desirable, kl_estimate, beta: float, desirabl
     The weights are TRL's desirable_weight / undesirable_weight: with unequal counts, choose them so that
     w_D * n_D / (w_U * n_U) lies in [1, 4/3], as the KTO paper recommends.
     """
-    _check_beta(beta)
     z = torch.as_tensor(kl_estimate, dtype=policy.dtype, device=policy.device).detach().clamp(min=0)
     r = policy - ref
     return torch.where(desirable, desirable_weight * (1.0 - torch.sigmoid(beta * (r - z))),
@@ -191,59 +171,44 @@ class PairLogps:
 REFERENCE_FREE = {"simpo", "orpo"}
 NEEDS_KL_ESTIMATE = {"kto"}
 UNPAIRED_LOSSES = {"kto"}  # the losses that also train on unpaired feedback (prompt, completion, label)
-OPTION_DEFAULTS = {
-    "label_smoothing": 0.1,          # cdpo, robust
-    "simpo_gamma": 0.5,              # simpo
-    "orpo_lambda": 0.1,              # orpo
-    "kto_desirable_weight": 1.0,     # kto
-    "kto_undesirable_weight": 1.0,   # kto
-}
 
 
-def _summed(p: PairLogps):
-    return p.policy_chosen, p.policy_rejected, p.ref_chosen, p.ref_rejected
-
-
-LOSSES: dict[str, Callable[[PairLogps, float, dict], torch.Tensor]] = {
-    "sigmoid": lambda p, beta, o: sigmoid_loss(*_summed(p), beta),
-    "cdpo": lambda p, beta, o: cdpo_loss(*_summed(p), beta, o["label_smoothing"]),
-    "robust": lambda p, beta, o: robust_loss(*_summed(p), beta, o["label_smoothing"]),
-    "hinge": lambda p, beta, o: hinge_loss(*_summed(p), beta),
-    "ipo": lambda p, beta, o: ipo_loss(*p.averaged(), beta),
-    "simpo": lambda p, beta, o: simpo_loss(*p.averaged()[:2], beta, o["simpo_gamma"]),
-    "orpo": lambda p, beta, o: orpo_loss(*p.averaged()[:2], o["orpo_lambda"]),
-    "kto": lambda p, beta, o: kto_loss(*_summed(p), p.kl_estimate, beta,
-                                       o["kto_desirable_weight"], o["kto_undesirable_weight"]),
-}
-
-
-def preference_loss(name: str, logps: PairLogps, beta: float, options: dict | None = None) -> torch.Tensor:
-    """Per-pair losses (B,) of the loss `name` (a key of LOSSES). Passes averaged log-probs to ipo (policy and
-    reference), simpo and orpo; summed log-probs to the others. `options` may set the keys of OPTION_DEFAULTS;
-    orpo ignores beta (its weight is orpo_lambda)."""
-    if name not in LOSSES:
-        raise LossConfigError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
-    unknown = set(options or {}) - set(OPTION_DEFAULTS)
-    if unknown:
-        raise LossConfigError(f"unknown loss option(s) {sorted(unknown)}; valid: {', '.join(OPTION_DEFAULTS)}")
-    opts = {**OPTION_DEFAULTS, **(options or {})}
-    if name not in REFERENCE_FREE and not logps.has_reference:
-        raise LossConfigError(f"loss {name!r} needs reference log-probs (reference-free: {sorted(REFERENCE_FREE)})")
-    if name in NEEDS_KL_ESTIMATE and logps.kl_estimate is None:
-        raise LossConfigError(f"loss {name!r} needs logps.kl_estimate (from mismatched prompt/response pairs)")
-    return LOSSES[name](logps, beta, opts)
+def preference_loss(name: str, logps: PairLogps, beta: float, options: Mapping) -> torch.Tensor:
+    """Per-pair losses (B,) of the loss `name` (params.yaml dpo.loss; schema.LOSS_NAMES lists them). `options`
+    holds the loss options (the dpo section: label_smoothing, simpo_gamma, orpo_lambda, kto_desirable_weight,
+    kto_undesirable_weight). ipo (policy and reference), simpo and orpo get per-token averaged log-probs, the
+    others summed ones; orpo ignores beta (its weight is orpo_lambda)."""
+    assert name in REFERENCE_FREE or logps.has_reference, f"{name} needs reference log-probs"
+    summed = logps.policy_chosen, logps.policy_rejected, logps.ref_chosen, logps.ref_rejected
+    if name == "sigmoid":
+        return sigmoid_loss(*summed, beta)
+    if name == "cdpo":
+        return cdpo_loss(*summed, beta, options["label_smoothing"])
+    if name == "robust":
+        return robust_loss(*summed, beta, options["label_smoothing"])
+    if name == "hinge":
+        return hinge_loss(*summed, beta)
+    if name == "ipo":
+        return ipo_loss(*logps.averaged(), beta)
+    if name == "simpo":
+        return simpo_loss(*logps.averaged()[:2], beta, options["simpo_gamma"])
+    if name == "orpo":
+        return orpo_loss(*logps.averaged()[:2], options["orpo_lambda"])
+    if name == "kto":
+        assert logps.kl_estimate is not None, "kto needs logps.kl_estimate (from mismatched prompt/response pairs)"
+        return kto_loss(*summed, logps.kl_estimate, beta, options["kto_desirable_weight"],
+                        options["kto_undesirable_weight"])
+    raise ValueError(f"unknown loss {name!r}")
 
 
 @torch.no_grad()
 def pair_diagnostics(logps: PairLogps, beta: float) -> dict[str, float]:
-    """Batch means under the seed's names (kl_chosen, kl_rejected, implicit_r_w, implicit_r_l, margin,
-    pair_accuracy) and TRL's (rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies,
-    logps/chosen, logps/rejected). pair_accuracy counts margin > 0 strictly.
-
-    With a reference: implicit reward = beta (policy - ref), summed log-probs. Without one (simpo, orpo) the
-    rewards are beta * the length-averaged policy log-probs, as those losses (and TRL's CPO/ORPO trainers) use,
-    and kl_* are omitted.
-    """
+    """Batch means under the lab's names: kl_chosen and kl_rejected (the mean log-ratios policy - reference of the
+    chosen and rejected answers, summed over their tokens: not KL divergences, whatever the names say),
+    implicit_r_w and implicit_r_l (beta times those), margin (their difference) and pair_accuracy (margin > 0,
+    strictly). Without a reference (simpo, orpo) the rewards are beta * the length-averaged policy log-probs, as
+    those losses (and TRL's CPO/ORPO trainers) use, and kl_* are omitted. TRL logs the same quantities as
+    rewards/chosen, rewards/rejected, rewards/margins and rewards/accuracies."""
     if logps.has_reference:
         d_w = logps.policy_chosen - logps.ref_chosen
         d_l = logps.policy_rejected - logps.ref_rejected
@@ -257,12 +222,6 @@ def pair_diagnostics(logps: PairLogps, beta: float) -> dict[str, float]:
     out["implicit_r_w"] = r_w.mean().item()
     out["implicit_r_l"] = r_l.mean().item()
     out["margin"] = (r_w - r_l).mean().item()
-    # The seed's definition, beta * h > 0 strictly: at beta = 0 (or policy == reference) accuracy is 0, not 0.5.
+    # The lab's definition, beta * h > 0 strictly: at beta = 0 (or policy == reference) accuracy is 0, not 0.5.
     out["pair_accuracy"] = ((r_w - r_l) > 0).float().mean().item()
-    out["rewards/chosen"] = out["implicit_r_w"]
-    out["rewards/rejected"] = out["implicit_r_l"]
-    out["rewards/margins"] = out["margin"]
-    out["rewards/accuracies"] = out["pair_accuracy"]
-    out["logps/chosen"] = logps.policy_chosen.mean().item()
-    out["logps/rejected"] = logps.policy_rejected.mean().item()
     return out

@@ -8,14 +8,14 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from .batching import Encoder, Sequence, collate, length_batches, to_device
+from .batching import EVAL_BATCH, Encoder, Sequence, collate, length_batches, to_device
+from .errors import DataError
 from .formats import is_unpaired
 from .logprobs import sequence_logprobs
 from .modeling import autocast
 
 PAIR_KINDS = ("chosen", "rejected", "mismatched")
 UNPAIRED_KINDS = ("completion", "mismatched")
-BATCH = 64  # sequences per forward when computing log-probs without gradients (the reference stage's batches)
 
 
 def kinds_of(rows: list[dict]) -> tuple[str, ...]:
@@ -27,6 +27,17 @@ def kinds_of(rows: list[dict]) -> tuple[str, ...]:
 def reference_key(split: str, kind: str) -> str:
     """Tensor name in data/reference/logps.safetensors: "<split>/<kind>", e.g. "train/chosen"."""
     return f"{split}/{kind}"
+
+
+def reference_for(reference: dict[str, torch.Tensor], split: str, rows: list[dict], path: str) -> dict[str, torch.Tensor]:
+    """The reference log-probs of one split's rows by kind, from the loaded reference file (`path`, for the error):
+    a file made from other data is one line, not an index error halfway through training."""
+    keys = {kind: reference_key(split, kind) for kind in kinds_of(rows)}
+    found = {len(reference[k]) if k in reference else None for k in keys.values()}
+    if found != {len(rows)}:
+        raise DataError(f"{path}: made from other data ({sorted(found, key=str)} {split} rows, the prepared {split} "
+                        f"set has {len(rows)}); run `dvc checkout` or `dvc repro` to bring it in line with the data")
+    return {kind: reference[key] for kind, key in keys.items()}
 
 
 def encode_pairs(encode: Encoder, rows: list[dict]) -> dict[str, list[Sequence]]:
@@ -42,7 +53,7 @@ def encode_pairs(encode: Encoder, rows: list[dict]) -> dict[str, list[Sequence]]
 
 
 @torch.no_grad()
-def logprobs_of(model, sequences: list[Sequence], pad_id: int, device, batch_size: int = BATCH,
+def logprobs_of(model, sequences: list[Sequence], pad_id: int, device, batch_size: int = EVAL_BATCH,
                 precision: str = "fp32", desc: str | None = None) -> torch.Tensor:
     """Summed response log-probs of `sequences`, in their order, batched by length; a progress bar with `desc`."""
     model.eval()

@@ -10,7 +10,7 @@ import yaml
 
 from . import cores
 from .errors import ConfigError
-from .schema import validate
+from . import schema
 
 
 class Section(dict):
@@ -45,10 +45,15 @@ def section(params: dict, name: str) -> Section:
     return Section(name, value)
 
 
-def start_stage(description: str) -> Section:
-    """What every stage does first: parse its one option (--params, so tests and users can point it at
-    another file), log at INFO as `<stage>: message`, and load the params, checked against schema.py as a
-    whole, so a bad value anywhere stops every stage before it reads any data or model."""
+def start_stage(stage: str, description: str) -> Section:
+    """What every stage does first, in this order:
+    1. parse its one option (--params, so tests and users can point it at another file);
+    2. log at INFO as `<stage>: message` (rank 0 only), with library chatter below the default level;
+    3. load params.yaml and check it whole (schema.check: every key's type and range, then each section's rules),
+       so a bad value anywhere stops every stage before it reads any data or model; the warnings of this stage's
+       own section are logged;
+    4. share the CPU with the other stages running on this machine (cores.py: torch's thread pool is sized to
+       cores // stages running, and a line says so when there is a neighbour)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args()
@@ -63,6 +68,8 @@ def start_stage(description: str) -> Section:
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     params = load_params(args.params)
-    validate(params)
-    cores.register()  # share the CPU with the other stages running on this machine (cores.py)
+    schema.check(params, stage)
+    shared = cores.register()
+    if shared:
+        logging.getLogger(stage).info("sharing the CPU: %s", shared)
     return params

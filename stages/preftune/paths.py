@@ -3,15 +3,19 @@
 RAW = "data/raw"  # user datasets: prepare depends on the whole folder
 PREPARED = "data/prepared"
 TOKENIZER = f"{PREPARED}/tokenizer"
+CHECKS = f"{PREPARED}/checks"  # the built-in task's extra sets (gold, validation, judge); only a README for user data
 SFT, REWARD, DPO = "models/sft", "models/reward", "models/dpo"
 DPO_ADAPTER = f"{DPO}/adapter"
 REFERENCE = "data/reference/logps.safetensors"
 REFERENCE_ENCODING = "data/reference/encoding.json"
 CHECKPOINTS = "checkpoints"  # checkpoints/<stage>/<inputs key>/: git- and dvc-ignored, not a stage output
 
-
-CHECKS = f"{PREPARED}/checks"  # the built-in task's extra sets (gold, validation, judge); only a README for user data
-PREPARE_METRICS = "metrics/prepare.json"
+METRICS = "metrics"
+PREPARE_METRICS = f"{METRICS}/prepare.json"
+EVAL_METRICS = f"{METRICS}/eval.json"
+RUN_MANIFEST = f"{METRICS}/manifest.json"  # the lab's run manifest: what was trained and how it did
+SAMPLES = f"{METRICS}/samples.csv"
+PLOTS = f"{METRICS}/plots"
 
 
 def prepared(name: str) -> str:
@@ -22,3 +26,8 @@ def prepared(name: str) -> str:
 def check_set(name: str) -> str:
     """data/prepared/checks/<name>.jsonl for name in gold, validation, judge: the built-in task's only."""
     return f"{CHECKS}/{name}.jsonl"
+
+
+def live(name: str) -> str:
+    """metrics/<name>: a training stage's DVCLive folder (sft, reward, dpo; dpo_steps for dpo's per-step log)."""
+    return f"{METRICS}/{name}"

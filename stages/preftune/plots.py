@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .data import atomic_open  # noqa: E402
+from .paths import live  # noqa: E402
 
 NO_METADATA = {"Software": None}  # keep the bytes a function of the data alone
 
@@ -32,15 +33,14 @@ def _save(fig, path: Path) -> None:
 
 
 def training_curves(live_dir: str, names: list[str], title: str, path: Path) -> None:
-    """One panel per metric; each panel overlays train/ and heldout/ curves when both exist."""
+    """One panel per metric; each panel overlays the train/ and heldout/ curves (training.live_name's layout)."""
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
     for ax, name in zip(axes[0], names):
-        for split in ("train", "heldout", ""):
-            tsv = Path(live_dir, "plots", "metrics", split, f"{name}.tsv") if split else \
-                Path(live_dir, "plots", "metrics", f"{name}.tsv")
+        for split in ("train", "heldout"):
+            tsv = Path(live_dir, "plots", "metrics", split, f"{name}.tsv")
             if tsv.exists():
                 steps, values = read_tsv(tsv)
-                ax.plot([s + 1 for s in steps], values, marker="o", ms=3, label=split or name)
+                ax.plot([s + 1 for s in steps], values, marker="o", ms=3, label=split)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.legend(fontsize=7)
@@ -94,6 +94,6 @@ def render_all(metrics: dict, rewards: dict[str, list[float]], out_dir: str) -> 
     ax.legend(fontsize=8)
     _save(fig, out / "reward_distributions.png")
 
-    training_curves("metrics/dpo", ["loss", "pair_accuracy", "kl_chosen", "kl_rejected"], "DPO per epoch",
+    training_curves(live("dpo"), ["loss", "pair_accuracy", "kl_chosen", "kl_rejected"], "DPO per epoch",
                     out / "dpo_training.png")
-    training_curves("metrics/sft", ["train_loss", "heldout_loss"], "SFT per epoch", out / "sft_training.png")
+    training_curves(live("sft"), ["loss"], "SFT per epoch", out / "sft_training.png")

@@ -7,17 +7,15 @@ tokenizer), so scores do not depend on how much padding a batch has.
 
 from __future__ import annotations
 
-import logging
 import random
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .batching import Encoder, collate, length_batches, to_device
+from .batching import EVAL_BATCH, Encoder, collate, length_batches, to_device
 from .gold import is_correct
 
-log = logging.getLogger(__name__)
 
 
 def reward_model_loss(r_chosen, r_rejected, center_coef: float = 0.0) -> torch.Tensor:
@@ -84,7 +82,7 @@ def score(model, sequences, pad_id: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score_texts(model, encode: Encoder, prompts: list[str], responses: list[str], device, batch_size: int = 64,
+def score_texts(model, encode: Encoder, prompts: list[str], responses: list[str], device, batch_size: int = EVAL_BATCH,
                 desc: str = "score answers") -> list[float]:
     model.eval()
     sequences = [encode(p, r) for p, r in zip(prompts, responses)]
@@ -122,11 +120,12 @@ def summarise_labels(sums: dict) -> dict:
     n = sums["rows"]
     mean = sums["reward"] / n
     var = max(sums["reward_sq"] - n * mean ** 2, 0.0) / max(n - 1, 1)
-    return {"accuracy": sums["correct"] / n, "margin": sums["margin"] / n, "reward_mean": mean, "reward_std": var ** 0.5}
+    return {"correct": round(sums["correct"]), "accuracy": sums["correct"] / n, "margin": sums["margin"] / n,
+            "reward_mean": mean, "reward_std": var ** 0.5}
 
 
 @torch.no_grad()
-def evaluate_labels(model, sequences, desirable: list[bool], pad_id: int, device, batch_size: int = 32) -> dict:
+def evaluate_labels(model, sequences, desirable: list[bool], pad_id: int, device, batch_size: int = EVAL_BATCH) -> dict:
     model.eval()
     totals: dict = {}
     labels = torch.tensor(desirable, dtype=torch.bool)
@@ -141,12 +140,12 @@ def summarise(sums: dict) -> dict:
     n = sums["pairs"]
     mean = sums["reward"] / (2 * n)
     var = max(sums["reward_sq"] - 2 * n * mean ** 2, 0.0) / max(2 * n - 1, 1)
-    return {"accuracy": sums["correct"] / n, "margin": sums["margin"] / n, "reward_mean": mean,
-            "reward_std": var ** 0.5}
+    return {"correct": round(sums["correct"]), "accuracy": sums["correct"] / n, "margin": sums["margin"] / n,
+            "reward_mean": mean, "reward_std": var ** 0.5}
 
 
 @torch.no_grad()
-def evaluate_pairs(model, pairs, pad_id: int, device, batch_size: int = 32, desc: str = "judge pairs") -> dict:
+def evaluate_pairs(model, pairs, pad_id: int, device, batch_size: int = EVAL_BATCH, desc: str = "judge pairs") -> dict:
     model.eval()
     totals: dict = {}
     for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", leave=False, disable=None):

@@ -1,67 +1,78 @@
-"""Training the Bradley-Terry reward model through the one training loop (training.py). Apart from
-reward_model.py, so that `evaluate`, which only loads and scores a reward model, does not depend on the loop."""
+"""Training the reward model through the one training loop (training.py): Bradley-Terry on pairs, a pointwise
+judge on unpaired feedback. Apart from reward_model.py so that `evaluate`, which only loads and scores a reward
+model, does not import the loop (an edit to training.py then reruns the training stages, not evaluate)."""
 
 from __future__ import annotations
 
 import torch
 
-from .batching import Encoder
 from .formats import is_unpaired
 from .reward_model import (RewardScorer, label_sums, pair_scores, pair_sums, pointwise_loss, reward_model_loss, score,
                            summarise, summarise_labels)
-from .training import Objective, Run, fit
+from .training import Objective
+
+SHOW = ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_margin")
 
 
-def train_reward_model(run: Run, model, tokenizer, train: list[dict], heldout: list[dict], cfg: dict,
-                       max_length: int, seed: int, live=None):
-    """Bradley-Terry training on pairs, or on unpaired feedback a pointwise judge (pointwise_loss). Each epoch
-    ends with accuracy and margin on the training and held-out rows. Returns the last epoch's metrics (with the
-    encoder's truncation counts) and the prepared scorer."""
-    encode = Encoder(tokenizer, max_length)
-    objective = (_pointwise if is_unpaired(train) else _bradley_terry)(run, encode, train, heldout, cfg)
-    history, model = fit(run, RewardScorer(model), cfg, objective, seed, "reward", epoch_live=live,
-                         show=("train_loss", "train_accuracy", "heldout_accuracy", "heldout_margin"))
-    return {**history[-1], **encode.stats()}, model
+def reward_objective(run, encode, train: list[dict], heldout: list[dict], cfg: dict) -> Objective:
+    """The reward stage's objective for its data: pairs or unpaired feedback."""
+    return (PointwiseObjective if is_unpaired(train) else BradleyTerryObjective)(run, encode, train, heldout, cfg)
 
 
-def _bradley_terry(run: Run, encode: Encoder, train: list[dict], heldout: list[dict], cfg: dict) -> Objective:
-    to_pairs = lambda rows: [(encode.row(r, "chosen"), encode.row(r, "rejected")) for r in rows]
-    train_pairs, heldout_pairs = to_pairs(train), to_pairs(heldout)
-    pad = encode.tokenizer.pad_token_id
+class BradleyTerryObjective(Objective):
+    """-logsigmoid(r_chosen - r_rejected) (+ centring, reward_model_loss) on pairs; each epoch ends with accuracy
+    and margin on the training and held-out pairs, and the held-out rewards' mean and spread."""
 
-    def loss(model, idx):
-        r_w, r_l = pair_scores(model, [train_pairs[i] for i in idx], pad, run.device)
-        return reward_model_loss(r_w, r_l, cfg["center_coef"]).sum(), {}
+    name, show = "reward", SHOW
 
-    def evaluate(model) -> dict:
+    def __init__(self, run, encode, train, heldout, cfg):
+        super().__init__(run, encode, train, heldout, cfg)
+        self.pairs = {split: [(encode.row(r, "chosen"), encode.row(r, "rejected")) for r in rows]
+                      for split, rows in (("train", train), ("heldout", heldout))}
+        self.lengths = [len(c.ids) + len(r.ids) for c, r in self.pairs["train"]]
+
+    def wrap(self, model):
+        return RewardScorer(model)
+
+    def loss(self, model, idx):
+        r_w, r_l = pair_scores(model, [self.pairs["train"][i] for i in idx], self.pad, self.run.device)
+        return reward_model_loss(r_w, r_l, self.cfg["center_coef"]).sum(), {}
+
+    def evaluate(self, model):
         out = {}
-        for split, pairs in (("train", train_pairs), ("heldout", heldout_pairs)):
-            stats = summarise(run.evaluate_sums(len(pairs), 32, lambda idx: pair_sums(
-                model, [pairs[i] for i in idx], pad, run.device)))
+        for split, pairs in self.pairs.items():
+            stats = summarise(self.run.evaluate_sums(len(pairs), lambda idx: pair_sums(
+                model, [pairs[i] for i in idx], self.pad, self.run.device)))
             out.update({f"{split}_accuracy": stats["accuracy"], f"{split}_margin": stats["margin"]})
-        out.update({"reward_mean": stats["reward_mean"], "reward_std": stats["reward_std"]})  # held-out
+        out.update({"heldout_reward_mean": stats["reward_mean"], "heldout_reward_std": stats["reward_std"]})
         return out
 
-    return Objective(lengths=[len(c.ids) + len(r.ids) for c, r in train_pairs], weight=len, loss=loss,
-                     evaluate=evaluate)
 
+class PointwiseObjective(Objective):
+    """Unpaired feedback: a logistic regression of the label on the reward (pointwise_loss); accuracy is the share
+    of rows whose reward has the label's sign."""
 
-def _pointwise(run: Run, encode: Encoder, train: list[dict], heldout: list[dict], cfg: dict) -> Objective:
-    seqs = {"train": [encode.row(r, "completion") for r in train], "heldout": [encode.row(r, "completion") for r in heldout]}
-    labels = {"train": torch.tensor([r["label"] for r in train]), "heldout": torch.tensor([r["label"] for r in heldout])}
-    pad = encode.tokenizer.pad_token_id
+    name, show = "reward", SHOW
 
-    def loss(model, idx):
-        rewards = score(model, [seqs["train"][i] for i in idx], pad, run.device)
-        return pointwise_loss(rewards, labels["train"][idx].to(rewards.device)).sum(), {}
+    def __init__(self, run, encode, train, heldout, cfg):
+        super().__init__(run, encode, train, heldout, cfg)
+        splits = (("train", train), ("heldout", heldout))
+        self.seqs = {split: [encode.row(r, "completion") for r in rows] for split, rows in splits}
+        self.labels = {split: torch.tensor([r["label"] for r in rows]) for split, rows in splits}
+        self.lengths = [len(s.ids) for s in self.seqs["train"]]
 
-    def evaluate(model) -> dict:
+    def wrap(self, model):
+        return RewardScorer(model)
+
+    def loss(self, model, idx):
+        rewards = score(model, [self.seqs["train"][i] for i in idx], self.pad, self.run.device)
+        return pointwise_loss(rewards, self.labels["train"][idx].to(rewards.device)).sum(), {}
+
+    def evaluate(self, model):
         out = {}
-        for split in ("train", "heldout"):
-            stats = summarise_labels(run.evaluate_sums(len(seqs[split]), 32, lambda idx: label_sums(
-                model, [seqs[split][i] for i in idx], labels[split][idx], pad, run.device)))
+        for split, seqs in self.seqs.items():
+            stats = summarise_labels(self.run.evaluate_sums(len(seqs), lambda idx: label_sums(
+                model, [seqs[i] for i in idx], self.labels[split][idx], self.pad, self.run.device)))
             out.update({f"{split}_accuracy": stats["accuracy"], f"{split}_margin": stats["margin"]})
-        out.update({"reward_mean": stats["reward_mean"], "reward_std": stats["reward_std"]})  # held-out
+        out.update({"heldout_reward_mean": stats["reward_mean"], "heldout_reward_std": stats["reward_std"]})
         return out
-
-    return Objective(lengths=[len(s.ids) for s in seqs["train"]], weight=len, loss=loss, evaluate=evaluate)

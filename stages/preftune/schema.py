@@ -2,14 +2,16 @@
 
 Every stage validates the whole file against it first (params.start_stage), before any data or model is
 read, so a wrong type, an out-of-range value, a missing key or a misspelt extra key is one line that names
-the key and what to do, whichever stage meets it. Checks that need more than one value or outside knowledge
-(a loss name known to losses.py, the grammar categories known to task.py, split sizes that fit a dataset)
-stay with the code that owns that knowledge.
+the key and what to do, whichever stage meets it. Rules between keys of one section are one function per
+section (RULES), run at the same moment. Library code trusts what passed here. Checks that need outside
+knowledge (the grammar categories known to task.py, split sizes and batch sizes that fit a dataset) stay with
+the code that owns that knowledge.
 """
 
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -144,9 +146,12 @@ def _int(low=None, high=None, **kw) -> Number:
     return Number(low, high, integer=True, **kw)
 
 
+# dpo.loss: the names losses.preference_loss dispatches on (tests/test_losses.py checks that each one does).
+LOSS_NAMES = ("sigmoid", "cdpo", "robust", "hinge", "ipo", "simpo", "orpo", "kto")
+PRECISION = Text(("fp32", "bf16", "fp16"))
 LR, DECAY, CLIP = _n(0, 1, low_open=True), _n(0), _n(0, low_open=True)
 ENGINE = {  # every training stage's: what large models need (training.py)
-    "precision": Text(("fp32", "bf16", "fp16")), "gradient_accumulation_steps": _int(1),
+    "precision": PRECISION, "gradient_accumulation_steps": _int(1),
     "gradient_checkpointing": Flag(),
 }
 SCHEMA = {
@@ -175,7 +180,7 @@ SCHEMA = {
         "max_grad_norm": CLIP, **ENGINE, "center_coef": _n(0), "agreement_prompts": _int(0), "agreement_samples": _int(1),
     },
     "dpo": {
-        "seed": Nullable(_int(0)), "loss": Text(), "beta": _n(0), "reference": Text(("sft", "self")),
+        "seed": Nullable(_int(0)), "loss": Text(LOSS_NAMES), "beta": _n(0), "reference": Text(("sft", "self")),
         "lr": LR, "epochs": _int(1), "batch_size": _int(1), "schedule": Text(("constant", "cosine")),
         "warmup_steps": _int(0), "weight_decay": DECAY, "max_grad_norm": CLIP, **ENGINE,
         "lora": ({"r": _int(1), "alpha": _n(0, low_open=True), "dropout": _n(0, 1, high_open=True),
@@ -184,8 +189,32 @@ SCHEMA = {
         "kto_desirable_weight": _n(0, low_open=True), "kto_undesirable_weight": _n(0, low_open=True),
     },
     "evaluate": {"max_new_tokens": _int(1), "batch_size": _int(1), "kl_samples": _int(1),
-                 "precision": Text(("fp32", "bf16", "fp16"))},
+                 "precision": PRECISION},
 }
+
+
+def _dpo_rules(dpo: dict) -> list[str]:
+    if dpo["loss"] == "ipo" and dpo["beta"] == 0:
+        raise ConfigError("params.yaml: dpo.beta: ipo's target margin is 1/(2 beta), so beta must be > 0")
+    if dpo["beta"] == 0:
+        return ["dpo.beta is 0: the DPO loss is log 2 for every policy and its gradient is zero; training will "
+                "not move (the lab's 'break it' exercise)"]
+    return []
+
+
+# Rules between the keys of one section: each raises ConfigError for a combination that cannot run and returns
+# the warnings its own stage should print.
+RULES = {"dpo": _dpo_rules}
+
+
+def check(params: dict, stage: str | None = None) -> None:
+    """The whole file against SCHEMA, then every section's RULES; the warnings of `stage`'s own section are issued
+    (a warning about dpo.beta belongs in the dpo stage's log, not in prepare's)."""
+    validate(params)
+    for section, rules in RULES.items():
+        for message in rules(params[section]):
+            if section == stage:
+                warnings.warn(message)
 
 
 def validate(params, spec=SCHEMA, where: str = "") -> None:

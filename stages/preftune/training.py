@@ -20,34 +20,61 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 from . import cores
-from .batching import batch_order
+from .batching import EVAL_BATCH, batch_order
 from .checkpoints import Checkpoints
 from .errors import ConfigError
-from .modeling import check_precision, resolve_device
+from .modeling import check_precision, resolve_device, seed_everything
+from .params import section, start_stage
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # params.yaml's names -> accelerate's
 
 
-@dataclass
 class Objective:
-    """What a training stage gives `fit`: its items' lengths (for length-grouped batches), each index list's
-    weight in the mean (pairs, or response tokens), and the loss of a micro-batch on the prepared model as
-    (summed loss, {statistic: summed over the items}). `evaluate(model)` gives the end-of-epoch metrics."""
+    """What a training stage gives `fit`; one subclass per kind of training (supervised.SFTObjective,
+    reward_training.BradleyTerryObjective / PointwiseObjective, preference.PairObjective / UnpairedObjective).
+    Every one is built the same way, Objective(run, encode, train_rows, heldout_rows, cfg): it encodes the rows
+    with the stage's Encoder and keeps the stage's params section. It then has
 
+      name      the stage ("sft", "reward", "dpo"): log lines read "dpo: epoch 3: ...";
+      show      the epoch metrics written to the log;
+      lengths   each training item's tokens, for length-grouped batches;
+      per       statistic -> the count statistic it is a mean over (the rest are means per `weight`);
+
+    and these methods: wrap(model), the module `fit` trains (the model inside a ResponseLogprobs or a
+    RewardScorer); weight(idx), an index list's weight in the mean (items; SFT: response tokens); loss(model, idx),
+    (summed loss, {statistic: summed over the items}) of a micro-batch on the wrapped model; evaluate(model), the
+    end-of-epoch metrics."""
+
+    name = ""
+    show: tuple[str, ...] = ("train_loss",)
+    per: dict[str, str] = {}
     lengths: list[int]
-    weight: Callable[[list[int]], float]
-    loss: Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-    evaluate: Callable[[torch.nn.Module], dict[str, float]]
-    per: dict[str, str] = field(default_factory=dict)  # statistic -> the count statistic it is a mean over
 
-    def means(self, totals: dict[str, float]) -> dict[str, float]:
+    def __init__(self, run: "Run", encode, train: list[dict], heldout: list[dict], cfg: dict):
+        if len(train) < cfg["batch_size"]:
+            raise ConfigError(f"params.yaml: {self.name}.batch_size: {cfg['batch_size']} is more than the "
+                              f"{len(train)} training rows; lower it, or hold out fewer rows (data.heldout)")
+        self.run, self.encode, self.cfg, self.pad = run, encode, cfg, encode.tokenizer.pad_token_id
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def weight(self, idx: list[int]) -> float:
+        return len(idx)
+
+    def loss(self, model, idx: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        raise NotImplementedError
+
+    def evaluate(self, model) -> dict[str, float | None]:
+        raise NotImplementedError
+
+    def means(self, totals: dict[str, float]) -> dict[str, float | None]:
         return means(totals, self.per)
 
 
@@ -62,6 +89,19 @@ def means(totals: dict[str, float], per: dict[str, str] | None = None) -> dict[s
             n = totals[per.get(k, "weight")]
             out[k] = v if k in counts else (v / n if n else None)
     return out
+
+
+def start_training(stage: str, description: str):
+    """Every training stage's first lines: params.start_stage, then this process's Run (one process, or this rank
+    of a torchrun / accelerate launch) and the seed, set the same on every rank so that every rank builds the
+    same initial weights. Returns (params, the model section, the stage's section, run, seed); `dpo.seed`, when
+    set, replaces the top-level seed for DPO's own randomness (LoRA init, batch order) over a fixed SFT model."""
+    params = start_stage(stage, description)
+    model_cfg, cfg = section(params, "model"), section(params, stage)
+    seed = params["seed"] if cfg.get("seed") is None else cfg["seed"]
+    run = Run(model_cfg["device"], cfg, stage, params)
+    seed_everything(seed)
+    return params, model_cfg, cfg, run, seed
 
 
 class Run:
@@ -114,7 +154,7 @@ class Run:
         return dict(zip(keys, total.tolist()))
 
     @torch.no_grad()
-    def evaluate_sums(self, n: int, batch_size: int, sums: Callable[[list[int]], dict[str, torch.Tensor]]) -> dict:
+    def evaluate_sums(self, n: int, sums: Callable[[list[int]], dict[str, torch.Tensor]], batch_size: int = EVAL_BATCH) -> dict:
         """Per-item statistics summed over items 0..n-1, which are spread over the ranks."""
         totals: dict[str, float] = {}
         for start in range(0, n, batch_size * self.world):
@@ -172,8 +212,9 @@ def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
     return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
 
-def warmup_cosine(optimizer, total_steps: int, warmup_steps: int, schedule: str = "cosine"):
-    """Linear warm-up, then cosine decay to 10% (or constant: the seed's DPO uses a fixed lr)."""
+def lr_schedule(optimizer, schedule: str, total_steps: int, warmup_steps: int):
+    """Linear warm-up over warmup_steps, then `schedule`: "constant" (the lab's DPO uses a fixed lr) or "cosine",
+    a cosine decay to 10% of the lr at the last step."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -196,7 +237,7 @@ def prepare(run: Run, model: torch.nn.Module, cfg: dict, n_items: int):
     model.to(run.device)
     optimizer = adamw(model.parameters(), cfg["lr"], cfg["weight_decay"])
     steps = -(-n_items // run.global_batch(cfg["batch_size"])) * cfg["epochs"]
-    scheduler = warmup_cosine(optimizer, steps, cfg["warmup_steps"], cfg.get("schedule", "cosine"))
+    scheduler = lr_schedule(optimizer, cfg.get("schedule", "cosine"), steps, cfg["warmup_steps"])  # sft, reward: cosine
     model, optimizer = run.accelerator.prepare(model, optimizer)
     run.accelerator.register_for_checkpointing(scheduler)
     return model, optimizer, scheduler
@@ -225,11 +266,15 @@ def train_step(run: Run, model, optimizer, scheduler, objective: Objective, batc
     return stats, grad_norm
 
 
-def fit(run: Run, model, cfg: dict, objective: Objective, seed: int, name: str, epoch_live=None, step_live=None,
-        show: tuple[str, ...] = ("train_loss",), live_name: Callable[[str], str] = str) -> list[dict]:
-    """Train for cfg["epochs"] epochs. Returns each epoch's metrics (train_<statistic>, a mean per weight unit, and
-    `objective.evaluate`'s) and the prepared model, whose `.model` is the trained one. Logs the keys in `show` once
-    an epoch, every metric to `epoch_live` (named by `live_name`) and per-step means to `step_live`."""
+def fit(run: Run, model, objective: Objective, seed: int, live=None, step_live=None) -> tuple[list[dict], torch.nn.Module]:
+    """Train `model` (objective.wrap'ped) for the stage's epochs. Returns each epoch's metrics (train_<statistic>,
+    a mean per weight unit, and `objective.evaluate`'s) and the prepared wrapper, whose `.model` is the trained
+    model. Logs the keys in `objective.show` once an epoch, every epoch metric to `live` (DVCLive, one layout for
+    every stage: train_loss as train/loss, heldout_loss as heldout/loss) and per-step means to `step_live`."""
+    cfg, name = objective.cfg, objective.name
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"the {name} model has no trainable parameters (the loss could not move); check {name}.lora")
+    model = objective.wrap(model)
     model, optimizer, scheduler = prepare(run, model, cfg, len(objective.lengths))
     log = logging.getLogger(name)  # lines read "dpo: epoch 3: ..."
     log.info("%d items, %d epochs; an optimizer step sees %d = %d per device x %d process(es) x %d accumulation "
@@ -274,12 +319,21 @@ def fit(run: Run, model, cfg: dict, objective: Objective, seed: int, name: str, 
         metrics.update(objective.evaluate(model))
         history.append(metrics)
         log.info("epoch %d: %s", epoch, " ".join(
-            f"{k} {metrics[k]:.4f}" for k in show if metrics.get(k) is not None))
-        if epoch_live is not None:
-            log_metrics(epoch_live, {live_name(k): v for k, v in metrics.items()})
-            epoch_live.next_step()
+            f"{k} {metrics[k]:.4f}" for k in objective.show if metrics.get(k) is not None))
+        if live is not None:
+            log_metrics(live, {live_name(k): v for k, v in metrics.items()})
+            live.next_step()
         checkpoint(epoch + 1, 0, {})
     return history, model
+
+
+def live_name(metric: str) -> str:
+    """An epoch metric's DVCLive name: the split as a folder (train_loss -> train/loss, heldout_loss ->
+    heldout/loss), the same in every stage, so plots and `dvc plots diff` read every stage alike."""
+    for split in ("train", "heldout"):
+        if metric.startswith(f"{split}_"):
+            return f"{split}/{metric[len(split) + 1:]}"
+    return metric
 
 
 def live_logger(directory: str, resume: bool = False):
