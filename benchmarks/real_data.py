@@ -90,7 +90,7 @@ def main() -> None:
     print(f"- truncated by a later stage: reference {read('data/reference/encoding.json')['truncated']}, reward "
           f"{read('metrics/reward/metrics.json')['truncated']}, dpo {read('models/dpo/manifest.json')['encoding']['truncated']}, "
           f"evaluate prompts {evaluation['prompts_truncated']} / sequences {evaluation['sequences_truncated']}")
-    print(f"- reward model held-out accuracy {read('metrics/reward/metrics.json')['heldout_accuracy']:.3f}; "
+    print(f"- reward model held-out accuracy {read('metrics/reward/metrics.json')['heldout']['accuracy']:.3f}; "
           f"win rate {evaluation['win_rate']:.3f} ({evaluation['wins']}/{evaluation['ties']}/{evaluation['losses']})\n")
     print("| stage | wall s | peak RSS GB |\n|---|---|---|")
     for stage, wall, rss in rows:

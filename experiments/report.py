@@ -59,6 +59,13 @@ def m(r: dict | None, key: str):
     return None if r is None else r["metrics"].get(key)
 
 
+def reward_heldout_accuracy(r: dict | None):
+    """reward.heldout.accuracy: DVCLive's train/ and heldout/ folders in every stage; results exported before that
+    layout name it reward.heldout_accuracy."""
+    found = m(r, "reward.heldout.accuracy")
+    return m(r, "reward.heldout_accuracy") if found is None else found
+
+
 # --- formatting ----------------------------------------------------------------------------------------------
 
 def f3(x, signed: bool = False) -> str:
@@ -422,7 +429,7 @@ def para_noise(tables, curves, base) -> str | None:
     out.append(f"The strict win rate went from {f2(wd)} to {f2(w)} and gold accuracy from {f3(gd)} to {f3(g)} "
                f"(gain over SFT {f3(m(r, 'eval.gold_accuracy_diff'), True)} {ci(m(r, 'eval.gold_accuracy_diff_ci95'))} "
                f"vs {f3(m(d, 'eval.gold_accuracy_diff'), True)} {ci(m(d, 'eval.gold_accuracy_diff_ci95'))}). ")
-    rh, rhd = m(r, "reward.heldout_accuracy"), m(d, "reward.heldout_accuracy")
+    rh, rhd = reward_heldout_accuracy(r), reward_heldout_accuracy(d)
     if rh is not None and rhd is not None and not approx(rh, rhd):
         out.append(f"Caveat on the win rate: the noise also reaches the judge, because the reward model trains on the "
                    f"same noisy pairs (its held-out accuracy {moved(rhd, rh)}), so the two win rates come from different "

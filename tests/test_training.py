@@ -12,17 +12,16 @@ import pytest
 import torch
 import yaml
 
-from preftune import modeling
+from preftune import modeling, schema
 from preftune.batching import Encoder
 from preftune.errors import ConfigError
-from preftune.losses import LOSSES
-from preftune.pairs import encode_pairs, logprobs_of
-from preftune.logprobs import ResponseLogprobs
-from preftune.preference import PairBatcher, pair_objective, train_preferences
+from preftune.pairs import encode_pairs, logprobs_of, reference_key
+from preftune.preference import PairObjective, preference_objective
 from preftune.reward_model import evaluate_pairs, load_reward_model, score_texts
-from preftune.reward_training import train_reward_model
-from preftune.supervised import train_sft
-from preftune.training import Run, live_logger
+from preftune.reward_training import reward_objective
+from preftune.schema import LOSS_NAMES
+from preftune.supervised import SFTObjective
+from preftune.training import Run, fit, live_logger
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -55,17 +54,19 @@ def test_train_sft_loss_falls_and_dvclive_writes_metrics(base_model, tok, genera
     cfg = {**PARAMS["sft"], "epochs": 3, "lr": 3e-3, "batch_size": 32, "warmup_steps": 5}
     live_dir = tmp_path / "live"
     live = live_logger(str(live_dir))
-    metrics, _ = train_sft(one_process(), model, tok, generated["sft"], split[1], cfg, MAX_LENGTH, 0, live)
+    encode, run = Encoder(tok, MAX_LENGTH), one_process()
+    history, _ = fit(run, model, SFTObjective(run, encode, generated["sft"], split[1], cfg), 0, live)
     live.end()
+    metrics = {**history[-1], **encode.stats()}
 
-    losses = read_tsv(live_dir / "plots" / "metrics" / "train_loss.tsv", "train_loss")
-    heldout = read_tsv(live_dir / "plots" / "metrics" / "heldout_loss.tsv", "heldout_loss")
+    losses = read_tsv(live_dir / "plots" / "metrics" / "train" / "loss.tsv", "loss")
+    heldout = read_tsv(live_dir / "plots" / "metrics" / "heldout" / "loss.tsv", "loss")
     assert len(losses) == len(heldout) == 3
     assert losses[-1] < losses[0]
     assert heldout[-1] < heldout[0]
     assert losses[0] < math.log(len(tok)) + 0.5  # per-token mean NLL, not a sum
     summary = json.loads((live_dir / "metrics.json").read_text())
-    assert summary["train_loss"] == pytest.approx(metrics["train_loss"], abs=1e-6)
+    assert summary["train"]["loss"] == pytest.approx(metrics["train_loss"], abs=1e-6)
     assert summary["step"] == 2
     assert metrics["truncated"] == 0 and metrics["boundary_merges"] == 0
     assert not (live_dir / "dvc.yaml").exists()  # the stage's dvc.yaml declares the plots, not DVCLive
@@ -83,16 +84,18 @@ def test_train_reward_model_learns_and_round_trips(base_model, tok, split, tmp_p
     live_dir = tmp_path / "live"
     live = live_logger(str(live_dir))
     train, heldout = split
-    metrics, _ = train_reward_model(one_process(), model, tok, train, heldout, cfg, MAX_LENGTH, 0, live)
+    run = one_process()
+    history, _ = fit(run, model, reward_objective(run, Encoder(tok, MAX_LENGTH), train, heldout, cfg), 0, live)
     live.end()
+    metrics = history[-1]
 
-    losses = read_tsv(live_dir / "plots" / "metrics" / "train_loss.tsv", "train_loss")
-    accuracy = read_tsv(live_dir / "plots" / "metrics" / "train_accuracy.tsv", "train_accuracy")
+    losses = read_tsv(live_dir / "plots" / "metrics" / "train" / "loss.tsv", "loss")
+    accuracy = read_tsv(live_dir / "plots" / "metrics" / "train" / "accuracy.tsv", "accuracy")
     assert len(losses) == 4
     assert losses[-1] < losses[0]
     assert metrics["train_accuracy"] == pytest.approx(accuracy[-1], abs=1e-6)
     assert metrics["train_accuracy"] > 0.5
-    for key in ("heldout_accuracy", "heldout_margin", "reward_mean", "reward_std", "train_margin"):
+    for key in ("heldout_accuracy", "heldout_margin", "heldout_reward_mean", "heldout_reward_std", "train_margin"):
         assert math.isfinite(metrics[key])
 
     model.save_pretrained(tmp_path / "reward")
@@ -112,16 +115,11 @@ def test_train_reward_model_learns_and_round_trips(base_model, tok, split, tmp_p
 # --- preference optimisation -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def encoded(tok, split):
+def reference(base_model, tok, split):
+    """What the reference stage writes: summed response log-probs under the (frozen) SFT model, by "<split>/<kind>"."""
     encode = Encoder(tok, MAX_LENGTH)
-    return {"train": encode_pairs(encode, split[0]), "heldout": encode_pairs(encode, split[1])}
-
-
-@pytest.fixture(scope="module")
-def reference(base_model, encoded, tok):
-    """What the reference stage computes: summed response log-probs under the (frozen) SFT model."""
-    return {name: {kind: logprobs_of(base_model, seqs, tok.pad_token_id, CPU) for kind, seqs in enc.items()}
-            for name, enc in encoded.items()}
+    return {reference_key(name, kind): logprobs_of(base_model, seqs, tok.pad_token_id, CPU)
+            for name, rows in zip(("train", "heldout"), split) for kind, seqs in encode_pairs(encode, rows).items()}
 
 
 def dpo_cfg(**overrides) -> dict:
@@ -133,37 +131,38 @@ def lora_policy(base_model):
     return modeling.attach_lora(copy.deepcopy(base_model), 8, 16, 0.0, ["c_attn", "c_proj"])
 
 
-def batchers(encoded, reference, tok):
-    return (PairBatcher(encoded["train"], reference["train"], tok.pad_token_id, CPU),
-            PairBatcher(encoded["heldout"], reference["heldout"], tok.pad_token_id, CPU))
+def objective(split, reference, tok, cfg, heldout=None):
+    run = one_process()
+    return preference_objective(run, Encoder(tok, MAX_LENGTH), split[0], split[1] if heldout is None else heldout,
+                                cfg, reference, "reference")
 
 
-def run(base_model, encoded, reference, tok, cfg, policy=None):
-    train, heldout = batchers(encoded, reference, tok)
+def train(base_model, split, reference, tok, cfg, policy=None):
     policy = lora_policy(base_model) if policy is None else policy
-    history, _ = train_preferences(one_process(), policy, train, heldout, N_TRAIN, len(encoded["heldout"]["chosen"]),
-                                   cfg, seed=0)
+    dpo = objective(split, reference, tok, cfg)
+    history, _ = fit(dpo.run, policy, dpo, seed=0)
     return history
 
 
-def test_reference_equals_the_lora_policy_at_step_0(base_model, encoded, reference, tok):
+def test_reference_equals_the_lora_policy_at_step_0(base_model, split, reference, tok):
     """The precomputed reference (batches of 64, chosen/rejected/mismatched apart) and the policy's own pair
     batches (chosen and rejected padded together) agree, so DPO starts at exactly log 2."""
-    cfg = dpo_cfg()
-    train, _ = batchers(encoded, reference, tok)
+    train_as_heldout = {**reference, **{k.replace("train/", "heldout/"): v for k, v in reference.items()
+                                        if k.startswith("train/")}}
     # The training pairs as the held-out set: the objective's end-of-epoch evaluation, before any step.
-    objective = pair_objective(one_process(), train, train, N_TRAIN, N_TRAIN, cfg)
-    stats = objective.evaluate(ResponseLogprobs(lora_policy(base_model)).eval())
+    dpo = objective(split, train_as_heldout, tok, dpo_cfg(), heldout=split[0])
+    assert isinstance(dpo, PairObjective)
+    stats = dpo.evaluate(dpo.wrap(lora_policy(base_model)).eval())
     assert stats["heldout_loss"] == pytest.approx(LOG2, abs=1e-5)
     assert abs(stats["heldout_kl_chosen"]) < 1e-4 and abs(stats["heldout_kl_rejected"]) < 1e-4
 
 
-def test_dpo_sigmoid_lora_loss_falls_every_epoch(base_model, encoded, reference, tok):
+def test_dpo_sigmoid_lora_loss_falls_every_epoch(base_model, split, reference, tok):
     cfg = dpo_cfg()
     assert cfg["loss"] == "sigmoid"
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a sane config does not warn (beta 0 does)
-        history = run(base_model, encoded, reference, tok, cfg)
+        history = train(base_model, split, reference, tok, cfg)
     assert len(history) == 3
     losses = [h["train_loss"] for h in history]
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
@@ -176,51 +175,61 @@ def test_dpo_sigmoid_lora_loss_falls_every_epoch(base_model, encoded, reference,
         assert math.isfinite(final[key])
 
 
-def test_dpo_only_trains_the_adapter(base_model, encoded, reference, tok):
+def test_dpo_only_trains_the_adapter(base_model, split, reference, tok):
     policy = lora_policy(base_model)
     frozen = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
-    run(base_model, encoded, reference, tok, dpo_cfg(epochs=1), policy=policy)
+    train(base_model, split, reference, tok, dpo_cfg(epochs=1), policy=policy)
     for n, p in policy.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), n
     assert any((p != 0).any() for n, p in policy.named_parameters() if "lora_B" in n)
 
 
-def test_beta_zero_keeps_the_loss_at_log2_and_warns(base_model, encoded, reference, tok):
-    with pytest.warns(UserWarning, match="dpo.beta is 0"):
-        history = run(base_model, encoded, reference, tok, dpo_cfg(beta=0.0))
+def test_beta_zero_keeps_the_loss_at_log2(base_model, split, reference, tok):
+    history = train(base_model, split, reference, tok, dpo_cfg(beta=0.0))
     for h in history:
         assert abs(h["train_loss"] - LOG2) < 1e-6
         assert abs(h["heldout_loss"] - LOG2) < 1e-6
         assert h["train_pair_accuracy"] == 0.0  # strictly positive margins only: none at beta 0
 
 
-def test_self_reference_keeps_the_loss_at_log2(base_model, encoded, reference, tok):
-    history = run(base_model, encoded, reference, tok, dpo_cfg(reference="self"))
+def test_self_reference_keeps_the_loss_at_log2(base_model, split, reference, tok):
+    history = train(base_model, split, reference, tok, dpo_cfg(reference="self"))
     for h in history:
         assert abs(h["train_loss"] - LOG2) < 1e-6
         assert abs(h["heldout_loss"] - LOG2) < 1e-6
         assert h["train_kl_chosen"] == 0.0 and h["train_kl_rejected"] == 0.0
 
 
+def test_beta_zero_warns_in_the_dpo_stage_only():
+    params = {**copy.deepcopy(PARAMS), "dpo": dpo_cfg(beta=0.0)}
+    with pytest.warns(UserWarning, match="dpo.beta is 0"):
+        schema.check(params, "dpo")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        schema.check(params, "prepare")
+
+
 @pytest.mark.parametrize("overrides, key", [({"beta": -1}, "dpo.beta"), ({"loss": "nope"}, "dpo.loss"),
-                                            ({"reference": "nope"}, "dpo.reference")])
-def test_bad_dpo_config_is_a_config_error(base_model, encoded, reference, tok, overrides, key):
+                                            ({"reference": "nope"}, "dpo.reference"),
+                                            ({"loss": "ipo", "beta": 0.0}, "dpo.beta"),
+                                            ({"label_smoothing": 0.5}, "dpo.label_smoothing")])
+def test_bad_dpo_config_is_one_config_error_at_stage_start(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        run(base_model, encoded, reference, tok, dpo_cfg(**overrides))
+        schema.check({**copy.deepcopy(PARAMS), "dpo": dpo_cfg(**overrides)}, "dpo")
 
 
-def test_policy_without_trainable_parameters_is_a_config_error(base_model, encoded, reference, tok):
+def test_policy_without_trainable_parameters_is_a_config_error(base_model, split, reference, tok):
     policy = copy.deepcopy(base_model)
     for p in policy.parameters():
         p.requires_grad_(False)
     with pytest.raises(ConfigError, match="no trainable parameters"):
-        run(base_model, encoded, reference, tok, dpo_cfg(), policy=policy)
+        train(base_model, split, reference, tok, dpo_cfg(), policy=policy)
 
 
-@pytest.mark.parametrize("loss", sorted(LOSSES))
-def test_every_loss_trains_one_epoch(base_model, encoded, reference, tok, loss):
-    history = run(base_model, encoded, reference, tok, dpo_cfg(loss=loss, epochs=1))
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_every_loss_trains_one_epoch(base_model, split, reference, tok, loss):
+    history = train(base_model, split, reference, tok, dpo_cfg(loss=loss, epochs=1))
     assert len(history) == 1
     for key, value in history[0].items():
         assert math.isfinite(value), (loss, key, value)

@@ -48,9 +48,21 @@ class PairObjective(Objective):
 
     def __init__(self, run, encode, train, heldout, cfg, reference, reference_path):
         super().__init__(run, encode, train, heldout, cfg)
-        self.splits = {split: (encode_pairs(encode, rows), reference_for(reference, split, rows, reference_path))
-                       for split, rows in (("train", train), ("heldout", heldout))}
-        seqs = self.splits["train"][0]
+        self._use({split: (encode_pairs(encode, rows), reference_for(reference, split, rows, reference_path))
+                   for split, rows in (("train", train), ("heldout", heldout))})
+
+    @classmethod
+    def on_sequences(cls, run, pairs: dict, reference: dict, cfg: dict, pad: int) -> "PairObjective":
+        """The same objective on already-encoded training sequences ({kind: [Sequence]}) and their reference
+        log-probs ({kind: tensor}), with no held-out set: what the benchmarks time at exact lengths."""
+        objective = cls.__new__(cls)
+        objective.run, objective.cfg, objective.pad = run, cfg, pad
+        objective._use({"train": (pairs, reference)})
+        return objective
+
+    def _use(self, splits: dict) -> None:
+        self.splits = splits
+        seqs = splits["train"][0]
         self.lengths = [len(c.ids) + len(r.ids) for c, r in zip(seqs["chosen"], seqs["rejected"])]
 
     def wrap(self, model):

@@ -17,10 +17,20 @@ class SFTObjective(Objective):
 
     def __init__(self, run, encode, train, heldout, cfg):
         super().__init__(run, encode, train, heldout, cfg)
-        self.train = [encode.row(d, "response") for d in train]
         good = "completion" if heldout and "completion" in heldout[0] else "chosen"
-        self.heldout = [encode.row(r, good) for r in heldout if r.get("label", True)]
-        self.lengths = [len(s.ids) for s in self.train]
+        self._use([encode.row(d, "response") for d in train], [encode.row(r, good) for r in heldout if r.get("label", True)])
+
+    @classmethod
+    def on_sequences(cls, run, sequences: list, cfg: dict, pad: int) -> "SFTObjective":
+        """The same objective on already-encoded training sequences, with no held-out set: what the benchmarks
+        time at exact lengths."""
+        objective = cls.__new__(cls)
+        objective.run, objective.cfg, objective.pad = run, cfg, pad
+        objective._use(sequences, [])
+        return objective
+
+    def _use(self, train: list, heldout: list) -> None:
+        self.train, self.heldout, self.lengths = train, heldout, [len(s.ids) for s in train]
 
     def wrap(self, model):
         return ResponseLogprobs(model)
