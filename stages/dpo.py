@@ -38,12 +38,10 @@ def main() -> None:
     epoch_live, step_live = run.live(live("dpo")), run.live(live("dpo_steps"))
     modeling.seed_everything(seed + run.rank)  # LoRA dropout differs per rank
     history, trained = fit(run, policy, objective, seed, epoch_live, step_live)
-    epoch_live.end()
-    step_live.end()
     run.save_pretrained(trained, DPO_ADAPTER if lora else DPO)
     if run.is_main:
         write_merged_model_and_manifest(run, policy, tokenizer, cfg, seed, history[-1], encode.stats())
-    run.finish()
+    run.end()
 
 
 def write_merged_model_and_manifest(run, policy, tokenizer, cfg: dict, seed: int, final: dict, encoding: dict) -> None:

@@ -10,7 +10,7 @@ from preftune.errors import exit_on_user_error
 from preftune.paths import REWARD, SFT, check_set, live, prepared
 from preftune.reward_model import gold_agreement, load_reward_model
 from preftune.reward_training import reward_objective
-from preftune.training import enable_checkpointing, fit, log_metrics, start_training
+from preftune.training import enable_checkpointing, fit, start_training
 
 log = logging.getLogger("reward")
 
@@ -41,10 +41,7 @@ def main() -> None:
                                           cfg["agreement_prompts"], cfg["agreement_samples"], seed, run.device))
             log.info("agreement with the gold checker on SFT samples: %s over %d pairs",
                      metrics["gold_agreement"], metrics["gold_agreement_pairs"])
-        log_metrics(metrics_live, {k: metrics.get(k) for k in ("gold_agreement", "gold_agreement_pairs", "truncated",
-                                                               "boundary_merges")})
-    metrics_live.end()
-    run.finish()
+    run.end({k: metrics.get(k) for k in ("gold_agreement", "gold_agreement_pairs", "truncated", "boundary_merges")})
 
 
 if __name__ == "__main__":

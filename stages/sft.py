@@ -11,7 +11,7 @@ from preftune.errors import exit_on_user_error
 from preftune.generation import generate_answers, gold_accuracy
 from preftune.paths import SFT, TOKENIZER, check_set, live, prepared
 from preftune.supervised import SFTObjective
-from preftune.training import enable_checkpointing, fit, log_metrics, start_training
+from preftune.training import enable_checkpointing, fit, start_training
 
 log = logging.getLogger("sft")
 
@@ -52,10 +52,7 @@ def main() -> None:
         metrics["gold_accuracy"] = gold_accuracy(gold, answers)
         metrics["parameters"] = total
         log.info("gold accuracy of greedy answers: %s", metrics["gold_accuracy"])
-        log_metrics(metrics_live, {k: metrics.get(k) for k in ("gold_accuracy", "parameters", "truncated",
-                                                               "boundary_merges")})
-    metrics_live.end()
-    run.finish()
+    run.end({k: metrics.get(k) for k in ("gold_accuracy", "parameters", "truncated", "boundary_merges")})
 
 
 if __name__ == "__main__":

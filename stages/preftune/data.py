@@ -95,8 +95,7 @@ def split_by_prompt(rows: list[dict], heldout: int | float, seed: int) -> tuple[
 def swap_labels(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], int]:
     """Flip the label of exactly round(fraction * len(rows)) rows chosen by `seed`: chosen and rejected swap
     places (their cut marks with them), or an unpaired row's label turns over."""
-    if not 0.0 <= fraction <= 1.0:
-        raise ConfigError(f"params.yaml: data.label_noise: {fraction} is not a fraction; use a value in [0, 1]")
+    assert 0.0 <= fraction <= 1.0, fraction  # data.label_noise, checked in schema.py
     n_swap = round(fraction * len(rows))
     swapped = set(random.Random(seed).sample(range(len(rows)), n_swap))
     out = []

@@ -202,9 +202,22 @@ def _dpo_rules(dpo: dict) -> list[str]:
     return []
 
 
+def _model_rules(model: dict) -> list[str]:
+    if model["max_prompt_length"] is not None and model["max_prompt_length"] >= model["max_length"]:
+        raise ConfigError(f"params.yaml: model.max_prompt_length: {model['max_prompt_length']} leaves no room for an "
+                          f"answer in model.max_length {model['max_length']}; set it below, or null (half of max_length)")
+    return []
+
+
+def _data_rules(data: dict) -> list[str]:
+    if data["source"] == "grammar" and not any(data["rejected_kinds"].values()):
+        raise ConfigError("params.yaml: data.rejected_kinds: every weight is 0; give at least one kind a weight")
+    return []
+
+
 # Rules between the keys of one section: each raises ConfigError for a combination that cannot run and returns
 # the warnings its own stage should print.
-RULES = {"dpo": _dpo_rules}
+RULES = {"data": _data_rules, "model": _model_rules, "dpo": _dpo_rules}
 
 
 def check(params: dict, stage: str | None = None) -> None:

@@ -175,8 +175,14 @@ class Run:
         self.lives[directory] = live
         return live
 
-    def finish(self) -> None:
-        """The stage has written its outputs: its checkpoints can go."""
+    def end(self, summary: dict | None = None) -> None:
+        """Every training stage's last line, once its outputs are written: `summary` (None values left out) joins
+        the stage's DVCLive metrics.json beside the last epoch's metrics, every DVCLive logger is closed, and the
+        checkpoints go."""
+        for i, live in enumerate(self.lives.values()):
+            if summary and i == 0:
+                log_metrics(live, summary)
+            live.end()
         if self.checkpoints:
             self.checkpoints.finish()
 
