@@ -65,7 +65,8 @@ def child(stage: str, variant: str, model_dir: str, batch: int, length: int, dev
         use_full_vocabulary()
     cfg = {"precision": "bf16" if "+bf16" in variant else "fp32", "gradient_accumulation_steps": 1,
            "gradient_checkpointing": "+checkpointing" in variant, "batch_size": batch, "epochs": 1,
-           "lr": 1e-5 if stage == "sft" else 1e-4, "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0}
+           "lr": 1e-5 if stage == "sft" else 1e-4, "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 0,
+           "max_grad_norm": 1.0}
     run = Run(device, cfg)
     tokenizer = modeling.load_tokenizer(model_dir)
     model = modeling.load_causal_lm(model_dir)

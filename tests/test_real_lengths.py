@@ -116,7 +116,7 @@ def test_unpaired_kto_trains_through_dvc_repro(kto_run):
     dpo = read("metrics/dpo/metrics.json")
     assert {"loss", "label_accuracy", "kl_chosen", "kl_rejected"} <= set(dpo["train"]) and "pair_accuracy" not in dpo["train"]
     reward = read("metrics/reward/metrics.json")
-    assert 0 <= reward["heldout_accuracy"] <= 1 and reward["truncated"] == 0  # the pointwise judge
+    assert 0 <= reward["heldout"]["accuracy"] <= 1 and reward["truncated"] == 0  # the pointwise judge
     evaluation = read("metrics/eval.json")
     assert evaluation["n"] == len({r["prompt"] for r in data.read_jsonl(repo / "data/prepared/heldout.jsonl")})
     assert evaluation["judge_pairs"] == len(data.read_jsonl(repo / "data/prepared/heldout.jsonl"))

@@ -149,6 +149,7 @@ def _int(low=None, high=None, **kw) -> Number:
 # dpo.loss: the names losses.preference_loss dispatches on (tests/test_losses.py checks that each one does).
 LOSS_NAMES = ("sigmoid", "cdpo", "robust", "hinge", "ipo", "simpo", "orpo", "kto")
 PRECISION = Text(("fp32", "bf16", "fp16"))
+SCHEDULE = Text(("constant", "cosine"))  # training.lr_schedule
 LR, DECAY, CLIP = _n(0, 1, low_open=True), _n(0), _n(0, low_open=True)
 ENGINE = {  # every training stage's: what large models need (training.py)
     "precision": PRECISION, "gradient_accumulation_steps": _int(1),
@@ -172,16 +173,16 @@ SCHEMA = {
         "max_length": _int(8), "max_prompt_length": Nullable(_int(1)), "vocab_size": _int(300), "n_layer": _int(1), "n_embd": _int(8), "n_head": _int(1),
     },
     "sft": {
-        "epochs": _int(0), "lr": LR, "batch_size": _int(1), "warmup_steps": _int(0), "weight_decay": DECAY,
+        "epochs": _int(0), "lr": LR, "batch_size": _int(1), "schedule": SCHEDULE, "warmup_steps": _int(0), "weight_decay": DECAY,
         "max_grad_norm": CLIP, **ENGINE, "eval_max_new_tokens": _int(1),
     },
     "reward": {
-        "epochs": _int(1), "lr": LR, "batch_size": _int(1), "warmup_steps": _int(0), "weight_decay": DECAY,
+        "epochs": _int(1), "lr": LR, "batch_size": _int(1), "schedule": SCHEDULE, "warmup_steps": _int(0), "weight_decay": DECAY,
         "max_grad_norm": CLIP, **ENGINE, "center_coef": _n(0), "agreement_prompts": _int(0), "agreement_samples": _int(1),
     },
     "dpo": {
         "seed": Nullable(_int(0)), "loss": Text(LOSS_NAMES), "beta": _n(0), "reference": Text(("sft", "self")),
-        "lr": LR, "epochs": _int(1), "batch_size": _int(1), "schedule": Text(("constant", "cosine")),
+        "lr": LR, "epochs": _int(1), "batch_size": _int(1), "schedule": SCHEDULE,
         "warmup_steps": _int(0), "weight_decay": DECAY, "max_grad_norm": CLIP, **ENGINE,
         "lora": ({"r": _int(1), "alpha": _n(0, low_open=True), "dropout": _n(0, 1, high_open=True),
                   "target_modules": Names(("auto", "all-linear"))}, "nullable"),

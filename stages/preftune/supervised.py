@@ -14,6 +14,7 @@ class SFTObjective(Objective):
 
     name = "sft"
     show = ("train_loss", "heldout_loss")
+    batch_fits_data = False  # a user file's few demonstrations train in one smaller batch, as they always have
 
     def __init__(self, run, encode, train, heldout, cfg):
         super().__init__(run, encode, train, heldout, cfg)

@@ -55,9 +55,10 @@ class Objective:
     show: tuple[str, ...] = ("train_loss",)
     per: dict[str, str] = {}
     lengths: list[int]
+    batch_fits_data = True  # refuse a batch_size above the training rows (one line, before any model loads)
 
     def __init__(self, run: "Run", encode, train: list[dict], heldout: list[dict], cfg: dict):
-        if len(train) < cfg["batch_size"]:
+        if self.batch_fits_data and len(train) < cfg["batch_size"]:
             raise ConfigError(f"params.yaml: {self.name}.batch_size: {cfg['batch_size']} is more than the "
                               f"{len(train)} training rows; lower it, or hold out fewer rows (data.heldout)")
         self.run, self.encode, self.cfg, self.pad = run, encode, cfg, encode.tokenizer.pad_token_id
@@ -243,7 +244,7 @@ def prepare(run: Run, model: torch.nn.Module, cfg: dict, n_items: int):
     model.to(run.device)
     optimizer = adamw(model.parameters(), cfg["lr"], cfg["weight_decay"])
     steps = -(-n_items // run.global_batch(cfg["batch_size"])) * cfg["epochs"]
-    scheduler = lr_schedule(optimizer, cfg.get("schedule", "cosine"), steps, cfg["warmup_steps"])  # sft, reward: cosine
+    scheduler = lr_schedule(optimizer, cfg["schedule"], steps, cfg["warmup_steps"])
     model, optimizer = run.accelerator.prepare(model, optimizer)
     run.accelerator.register_for_checkpointing(scheduler)
     return model, optimizer, scheduler
