@@ -5,6 +5,7 @@ adapter itself in models/dpo/adapter. Logs metrics/dpo and metrics/dpo_steps (DV
 
 import logging
 
+import torch
 from safetensors.torch import load_file
 
 from preftune import data, modeling
@@ -34,21 +35,32 @@ def main() -> None:
         policy = modeling.attach_lora(policy, lora["r"], lora["alpha"], lora["dropout"], lora["target_modules"])
     trainable, total = modeling.count_parameters(policy)
     log.info("policy: %d of %d parameters trainable (%s)", trainable, total, "LoRA" if lora else "full fine-tuning")
+    # The frozen base in the compute dtype: autocast would cast it to bf16 on every forward. Not under FSDP or ZeRO,
+    # which flatten parameters of one dtype.
+    base_in_bf16 = bool(lora) and cfg["precision"] == "bf16" and not run.sharded
+    if base_in_bf16:
+        log.info("frozen base held in bf16: %d parameters", modeling.frozen_linears_to(policy, torch.bfloat16))
 
     epoch_live, step_live = run.live(live("dpo")), run.live(live("dpo_steps"))
     modeling.seed_everything(seed + run.rank)  # LoRA dropout differs per rank
     history, trained = fit(run, policy, objective, seed, epoch_live, step_live)
     run.save_pretrained(trained, DPO_ADAPTER if lora else DPO)
     if run.is_main:
-        write_merged_model_and_manifest(run, policy, tokenizer, cfg, seed, history[-1], encode.stats())
+        # The merged model is the fp32 SFT weights plus the adapter: reloaded where the base in memory is sharded or
+        # was rounded to bf16.
+        base = modeling.load_causal_lm(SFT) if run.sharded or base_in_bf16 else None
+        write_merged_model_and_manifest(run, policy, base, tokenizer, cfg, seed, history[-1], encode.stats())
     run.end()
 
 
-def write_merged_model_and_manifest(run, policy, tokenizer, cfg: dict, seed: int, final: dict, encoding: dict) -> None:
+def write_merged_model_and_manifest(run, policy, base, tokenizer, cfg: dict, seed: int, final: dict,
+                                    encoding: dict) -> None:
+    """models/dpo: the plain merged model (`base`, when given, with the saved adapter loaded onto it; else the
+    in-memory policy), its tokenizer and manifest.json."""
     lora = cfg["lora"]
-    if lora:  # models/dpo is the plain merged model; under FSDP/ZeRO the in-memory policy is sharded: reload
-        base = policy if not run.sharded else modeling.load_adapter(modeling.load_causal_lm(SFT), DPO_ADAPTER)
-        base.merge_and_unload().save_pretrained(DPO)
+    if lora:
+        merged = policy if base is None else modeling.load_adapter(base, DPO_ADAPTER)
+        merged.merge_and_unload().save_pretrained(DPO)
     tokenizer.save_pretrained(DPO)
     data.write_json(f"{DPO}/manifest.json", {
         "seed": seed, "beta": cfg["beta"], "lr": cfg["lr"], "epochs": cfg["epochs"], "loss": cfg["loss"],

@@ -107,3 +107,21 @@ def test_reference_on_two_ranks_equals_one_and_reads_no_policy(workspace, tmp_pa
         assert under(workspace, rank_opens, "models/dpo", mode="r") == []
         assert under(workspace, rank_opens, "models/sft", mode="r")
     assert os.path.isdir(workspace / "models/dpo/adapter")  # there was a policy to read, and it was not read
+
+
+def test_dpo_at_bf16_holds_the_base_in_bf16_and_saves_the_fp32_merge(tiny_run, tmp_path):
+    """`dpo.precision: bf16` under LoRA: the stage holds the frozen base in bf16 while it trains, and models/dpo is
+    still the fp32 SFT weights with the adapter merged in (the base is reloaded for the merge, not the rounded one)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    repo = copy_repo(tiny_run.repo, tmp_path / "repo")
+    edit_params(repo, dpo={"precision": "bf16", "epochs": 1})
+    proc = _run([str(VENV_BIN / "python"), "stages/dpo.py"], repo)
+    assert "frozen base held in bf16" in proc.stderr + proc.stdout
+    merged = AutoModelForCausalLM.from_pretrained(repo / "models/dpo")
+    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(repo / "models/sft"),
+                                         repo / "models/dpo/adapter").merge_and_unload()
+    assert {p.dtype for p in merged.parameters()} == {torch.float32}
+    for (name, got), (_, want) in zip(merged.state_dict().items(), expected.state_dict().items()):
+        assert torch.equal(got, want), name

@@ -233,3 +233,25 @@ def test_every_loss_trains_one_epoch(base_model, split, reference, tok, loss):
     assert len(history) == 1
     for key, value in history[0].items():
         assert math.isfinite(value), (loss, key, value)
+
+
+def test_bf16_base_gives_the_autocast_log_probs_and_trains_an_fp32_adapter(base_model, split, reference, tok):
+    """Under bf16 the dpo stage holds the frozen base in bf16 (modeling.frozen_linears_to): autocast casts those
+    weights with the same rounding on every forward, so the log-probs equal autocast's over fp32 weights, and so
+    the reference stage's (the SFT model under autocast) at step 0. The adapter and its optimizer stay fp32."""
+    seqs = encode_pairs(Encoder(tok, MAX_LENGTH), split[0])
+    autocast_policy, bf16_base = lora_policy(base_model), lora_policy(base_model)
+    assert modeling.frozen_linears_to(bf16_base, torch.bfloat16) > 0
+    assert {p.dtype for p in bf16_base.parameters() if p.requires_grad} == {torch.float32}
+    assert bf16_base.get_input_embeddings().weight.dtype == torch.float32  # tied to the output head: kept
+    for kind in ("chosen", "rejected"):
+        with_base = logprobs_of(bf16_base, seqs[kind], tok.pad_token_id, CPU, precision="bf16")
+        assert torch.equal(with_base, logprobs_of(autocast_policy, seqs[kind], tok.pad_token_id, CPU, precision="bf16"))
+        assert torch.equal(with_base, logprobs_of(base_model, seqs[kind], tok.pad_token_id, CPU, precision="bf16"))
+    run = one_process("bf16")
+    dpo = preference_objective(run, Encoder(tok, MAX_LENGTH), split[0], split[1], dpo_cfg(precision="bf16", epochs=2),
+                               reference, "reference")
+    history, trained = fit(run, bf16_base, dpo, seed=0)
+    assert history[-1]["train_loss"] < history[0]["train_loss"] and math.isfinite(history[-1]["heldout_loss"])
+    assert any((p != 0).any() for n, p in bf16_base.named_parameters() if "lora_B" in n)
+    assert {p.dtype for p in bf16_base.parameters() if p.requires_grad} == {torch.float32}

@@ -258,6 +258,23 @@ def attach_lora(model, r: int, alpha: int, dropout: float, target_modules):
     return model
 
 
+def frozen_linears_to(model, dtype: torch.dtype) -> int:
+    """Under LoRA with bf16 autocast: hold the frozen linear layers' weights in `dtype` (QLoRA-style recipes keep the
+    base in bf16 and the adapters in fp32). Autocast casts these weights to bf16 on every forward anyway, with the
+    same rounding, so the log-probs do not change; what goes is the fp32 copy and the cast on every forward. The
+    adapters, the embeddings, the output head and the norms stay as they are. Returns the parameters moved."""
+    keep = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
+            for p in m.parameters()}
+    moved = 0
+    for module in model.modules():
+        if _is_linear(module):
+            for param in module.parameters(recurse=False):
+                if not param.requires_grad and id(param) not in keep:
+                    param.data = param.data.to(dtype)
+                    moved += param.numel()
+    return moved
+
+
 def _is_linear(module) -> bool:
     from transformers.pytorch_utils import Conv1D
 
