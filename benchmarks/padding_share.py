@@ -8,8 +8,9 @@ and rejected collated into one padded tensor, as PairObjective.loss does). No mo
 
 For each max_length the rows are fitted by the pipeline's own length rule (budget.fit_rows, as prepare does) and
 encoded as the stages encode them (pairs.encode_pairs). Reported per max_length, over one epoch of the training set
-at --batch pairs a step: real tokens, padded positions, the padding share, the same share for random (not
-length-grouped) batches of the same size, and the attention work (sum of squared lengths) that a padding-free
+at --batch pairs a step: real tokens, padded positions, the padding share, the same share when batches are grouped
+by the longer sequence of each pair instead of the pair's total, and for random (not length-grouped) batches of
+the same size, and the attention work (sum of squared lengths) that a padding-free
 batch would do against the padded batch's.
 """
 
@@ -61,9 +62,9 @@ def main() -> None:
     rows = formats.load_pairs(args.data, None, render)
     rows = [rows[i] for i in sorted({data.row_key(r): i for i, r in enumerate(rows)}.values())]  # distinct rows
     print(f"{args.data}: {len(rows)} distinct pairs; {args.batch} pairs a step, one epoch\n")
-    print("| max_length | pairs kept | mean tokens / sequence | padding share, length-grouped | padding share, random "
-          "batches | attention work padding-free / padded |")
-    print("|---|---|---|---|---|---|")
+    print("| max_length | pairs kept | mean tokens / sequence | padding share: grouped by chosen + rejected (the stage) | "
+          "grouped by the longer of the two | random batches | attention work padding-free / padded (the stage) |")
+    print("|---|---|---|---|---|---|---|")
     for max_length in args.max_length:
         encode = Encoder(tokenizer, max_length)
         fitted, _ = budget.fit_rows(rows, encode, budget.default_prompt_length(max_length, None), "truncate", render)
@@ -71,11 +72,14 @@ def main() -> None:
         n = len(fitted)
         lengths = [len(encoded["chosen"][i].ids) + len(encoded["rejected"][i].ids) for i in range(n)]
         grouped = batch_padding(encoded, batch_order(lengths, args.batch, args.seed + 1))
+        longer = [max(len(encoded["chosen"][i].ids), len(encoded["rejected"][i].ids)) for i in range(n)]
+        by_longer = batch_padding(encoded, batch_order(longer, args.batch, args.seed + 1))
         order = list(range(n))
         random.Random(args.seed).shuffle(order)
         shuffled = batch_padding(encoded, [order[k:k + args.batch] for k in range(0, n, args.batch)])
         print(f"| {max_length} | {n} | {grouped['real_tokens'] / (2 * n):.0f} | {grouped['padding_share']:.1%} | "
-              f"{shuffled['padding_share']:.1%} | {grouped['attention_share_padding_free']:.2f} |")
+              f"{by_longer['padding_share']:.1%} | {shuffled['padding_share']:.1%} | "
+              f"{grouped['attention_share_padding_free']:.2f} |")
 
 
 if __name__ == "__main__":
