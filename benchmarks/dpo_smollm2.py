@@ -13,9 +13,9 @@ process (peak RSS cannot be reset within one), with one untimed warm-up step fir
      log-probs precomputed (the `reference` stage; its one-off time is reported apart), at fp32, at bf16 (the frozen
      base held in bf16, as the dpo stage does under LoRA, modeling.frozen_linears_to), at bf16 with an fp32 base
      (autocast recasting it every forward: the stage before the frozen base moved) and at bf16 with activation
-     checkpointing (the stages' `precision` and `gradient_checkpointing` params).
+     checkpointing, and at fp32 with checkpointing (the stages' `precision` and `gradient_checkpointing` params).
   T  TRL 1.16 DPOTrainer: its defaults (bf16 autocast + activation checkpointing, a reference forward every step);
-     precompute_ref_log_probs at bf16, with and without checkpointing, and at fp32.
+     precompute_ref_log_probs at bf16 and at fp32, each with and without checkpointing.
 
 Reported per configuration: s/epoch, pairs/s, real tokens/s (this pipeline's encoding of the same pairs, so equal
 for every engine), peak RSS; for A also the padded positions it ran and a FLOP estimate (LoRA: 4N per position,
@@ -60,12 +60,15 @@ CONFIGS = {
     "A bf16": {"engine": "stage", "precision": "bf16", "checkpointing": False},
     "A bf16, fp32 base": {"engine": "stage", "precision": "bf16", "checkpointing": False, "fp32_base": True},
     "A bf16 + checkpointing": {"engine": "stage", "precision": "bf16", "checkpointing": True},
+    "A fp32 + checkpointing": {"engine": "stage", "precision": "fp32", "checkpointing": True},
     "TRL defaults (bf16 + checkpointing)": {"engine": "trl", "precision": "bf16", "precompute": False,
                                             "checkpointing": True},
     "TRL precomputed ref, bf16": {"engine": "trl", "precision": "bf16", "precompute": True, "checkpointing": False},
     "TRL precomputed ref, bf16 + checkpointing": {"engine": "trl", "precision": "bf16", "precompute": True,
                                                   "checkpointing": True},
     "TRL precomputed ref, fp32": {"engine": "trl", "precision": "fp32", "precompute": True, "checkpointing": False},
+    "TRL precomputed ref, fp32 + checkpointing": {"engine": "trl", "precision": "fp32", "precompute": True,
+                                                  "checkpointing": True},
 }
 
 

