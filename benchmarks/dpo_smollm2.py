@@ -10,15 +10,17 @@ Each configuration trains one whole epoch over the same fitted pairs (equal toke
 process (peak RSS cannot be reset within one), with one untimed warm-up step first. Configurations:
 
   A  this stage: training.train_step on preference.PairObjective (imported, as dpo_throughput.py does), reference
-     log-probs precomputed (the `reference` stage; its one-off time is reported apart), at fp32, at bf16 (the frozen
+     log-probs precomputed (the `reference` stage; its one-off time is reported apart), on padding-free pair batches
+     (dpo.padding_free, packing.py; "padded": the same step on padded batches), at fp32, at bf16 (the frozen
      base held in bf16, as the dpo stage does under LoRA, modeling.frozen_linears_to), at bf16 with an fp32 base
      (autocast recasting it every forward: the stage before the frozen base moved) and at bf16 with activation
      checkpointing, and at fp32 with checkpointing (the stages' `precision` and `gradient_checkpointing` params).
   T  TRL 1.16 DPOTrainer: its defaults (bf16 autocast + activation checkpointing, a reference forward every step);
-     precompute_ref_log_probs at bf16 and at fp32, each with and without checkpointing.
+     precompute_ref_log_probs at bf16 and at fp32, each with and without checkpointing. (Its padding_free option is
+     disabled in 1.16: the trainer warns and pads.)
 
 Reported per configuration: s/epoch, pairs/s, real tokens/s (this pipeline's encoding of the same pairs, so equal
-for every engine), peak RSS; for A also the padded positions it ran and a FLOP estimate (LoRA: 4N per position,
+for every engine), peak RSS; for A also the positions it ran (padded or packed) per real token and a FLOP estimate (LoRA: 4N per position,
 forward 2N + input gradients 2N, 6N with checkpointing's recomputed forward) against the matmul rate of the same
 precision measured at the start of the run. Results: stdout and benchmarks/results/dpo_smollm2.json (git-ignored).
 """
@@ -48,6 +50,7 @@ import torch  # noqa: E402
 from preftune import budget, formats, modeling, training  # noqa: E402
 from preftune.batching import Encoder, batch_order  # noqa: E402
 from preftune.params import load_params  # noqa: E402
+from preftune.packing import pack_pairs  # noqa: E402
 from preftune.pairs import encode_pairs, logprobs_of  # noqa: E402
 from preftune.preference import PairObjective  # noqa: E402
 
@@ -61,6 +64,8 @@ CONFIGS = {
     "A bf16, fp32 base": {"engine": "stage", "precision": "bf16", "checkpointing": False, "fp32_base": True},
     "A bf16 + checkpointing": {"engine": "stage", "precision": "bf16", "checkpointing": True},
     "A fp32 + checkpointing": {"engine": "stage", "precision": "fp32", "checkpointing": True},
+    "A fp32, padded": {"engine": "stage", "precision": "fp32", "checkpointing": False, "padded": True},
+    "A fp32 + checkpointing, padded": {"engine": "stage", "precision": "fp32", "checkpointing": True, "padded": True},
     "TRL defaults (bf16 + checkpointing)": {"engine": "trl", "precision": "bf16", "precompute": False,
                                             "checkpointing": True},
     "TRL precomputed ref, bf16": {"engine": "trl", "precision": "bf16", "precompute": True, "checkpointing": False},
@@ -72,8 +77,9 @@ CONFIGS = {
 }
 
 
-def pairs(tokenizer, data: str, max_length: int) -> list[dict]:
-    """The file's distinct pairs, rendered by the chat template and fitted to max_length tokens."""
+def pairs(tokenizer, data: str, max_length: int, first: int | None = None) -> list[dict]:
+    """The file's distinct pairs (the `first` of them), rendered by the chat template and fitted to max_length
+    tokens."""
     rows = formats.load_pairs(data, None, modeling.chat_renderer(tokenizer))
     seen, distinct = set(), []
     for row in rows:
@@ -83,7 +89,7 @@ def pairs(tokenizer, data: str, max_length: int) -> list[dict]:
             distinct.append(row)
     fitted, _ = budget.fit_rows(distinct, Encoder(tokenizer, max_length), budget.default_prompt_length(max_length, None),
                                 "truncate", modeling.chat_renderer(tokenizer))
-    return [{k: v for k, v in r.items() if k != "messages"} for r in fitted]
+    return [{k: v for k, v in r.items() if k != "messages"} for r in fitted][:first]
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
@@ -103,15 +109,15 @@ def epoch_batches(lengths: list[int]) -> list[list[int]]:
     return batch_order(lengths, BATCH, SEED + 1)
 
 
-def stage_child(cfg: dict, model_dir: str, data: str, max_length: int) -> dict:
+def stage_child(cfg: dict, model_dir: str, data: str, max_length: int, first: int | None) -> dict:
     run_cfg = {**load_params(str(REPO / "params.yaml"))["dpo"],  # every loss option at its default
                "precision": cfg["precision"], "gradient_accumulation_steps": 1,
                "gradient_checkpointing": cfg["checkpointing"], "batch_size": BATCH, "epochs": 1, "lr": LR,
                "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0, "loss": "sigmoid", "beta": BETA,
-               "reference": "sft", "label_smoothing": 0.0}
+               "reference": "sft", "label_smoothing": 0.0, "padding_free": not cfg.get("padded", False)}
     run = training.Run("cpu", run_cfg)
     tokenizer = modeling.load_tokenizer(model_dir)
-    rows = pairs(tokenizer, data, max_length)
+    rows = pairs(tokenizer, data, max_length, first)
     encoded = encode_pairs(Encoder(tokenizer, max_length), rows)
     start = time.perf_counter()
     reference_model = modeling.load_causal_lm(model_dir)
@@ -138,13 +144,16 @@ def stage_child(cfg: dict, model_dir: str, data: str, max_length: int) -> dict:
         t = time.perf_counter()
         training.train_step(run, model, optimizer, scheduler, objective, batch, 1.0)
         times.append(time.perf_counter() - t)
-        positions += 2 * len(batch) * max(len(encoded[k][i].ids) for k in ("chosen", "rejected") for i in batch)
+        chosen, rejected = [encoded["chosen"][i] for i in batch], [encoded["rejected"][i] for i in batch]
+        positions += (pack_pairs(chosen, rejected)["input_ids"].numel() if objective.packed else
+                      2 * len(batch) * max(len(s.ids) for s in chosen + rejected))
     flops = (6 if cfg["checkpointing"] else 4) * n_params * positions
     return {"epoch_s": sum(times), "step_s": times, "reference_pass_s": reference_s, "pairs": len(rows),
+            "packed": objective.packed,
             "real_tokens": sum(lengths), "positions": positions, "gflop_per_s": flops / sum(times) / 1e9}
 
 
-def trl_child(cfg: dict, model_dir: str, data: str, max_length: int, workdir: str) -> dict:
+def trl_child(cfg: dict, model_dir: str, data: str, max_length: int, first: int | None, workdir: str) -> dict:
     import datasets
     import trl
     from peft import LoraConfig
@@ -153,7 +162,7 @@ def trl_child(cfg: dict, model_dir: str, data: str, max_length: int, workdir: st
 
     datasets.disable_progress_bars()
     tokenizer = modeling.load_tokenizer(model_dir)
-    rows = pairs(tokenizer, data, max_length)
+    rows = pairs(tokenizer, data, max_length, first)
     steps = -(-len(rows) // BATCH)
     rows = rows[:BATCH] + rows  # one warm-up step's pairs first, then the epoch, in this order (sampler below)
     model = modeling.load_causal_lm(model_dir)
@@ -200,13 +209,16 @@ def main() -> None:
     parser.add_argument("--data", default=str(FIXTURE), help="preference file (default: the long ShareGPT fixture)")
     parser.add_argument("--max-length", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="NAME")
+    parser.add_argument("--pairs", type=int, help="the first N fitted pairs only (default: all), for every engine")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="LENGTH:NAME",
+                        help='configurations not to run at one length, e.g. "1024:TRL precomputed ref, fp32"')
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         name, model_dir, workdir, max_length = args.child
         cfg = CONFIGS[name]
-        out = stage_child(cfg, model_dir, args.data, int(max_length)) if cfg["engine"] == "stage" else \
-            trl_child(cfg, model_dir, args.data, int(max_length), workdir)
+        out = stage_child(cfg, model_dir, args.data, int(max_length), args.pairs) if cfg["engine"] == "stage" else \
+            trl_child(cfg, model_dir, args.data, int(max_length), args.pairs, workdir)
         out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
         print(json.dumps(out))
         return
@@ -219,14 +231,17 @@ def main() -> None:
         tokenizer = modeling.load_tokenizer(SMOLLM2)
         tokenizer.save_pretrained(tmp)
         for max_length in args.max_length:
-            rows = pairs(tokenizer, args.data, max_length)
+            rows = pairs(tokenizer, args.data, max_length, args.pairs)
             real = sum(len(s.ids) for k, seqs in encode_pairs(Encoder(tokenizer, max_length), rows).items()
                        if k != "mismatched" for s in seqs)
             print(f"\nmax_length {max_length}: {len(rows)} pairs, {real / (2 * len(rows)):.0f} tokens a sequence on "
                   "average", flush=True)
             for name in args.configs:
+                if f"{max_length}:{name}" in args.skip:
+                    print(f"  {name:45} skipped (--skip)", flush=True)
+                    continue
                 proc = subprocess.run([sys.executable, __file__, "--data", args.data, "--child", name, tmp, tmp,
-                                       str(max_length)], capture_output=True, text=True)
+                                       str(max_length)] + (["--pairs", str(args.pairs)] if args.pairs else []), capture_output=True, text=True)
                 key = f"{max_length} {name}"
                 if proc.returncode:
                     results[key] = {"error": proc.stderr.strip().splitlines()[-1]}
@@ -238,7 +253,7 @@ def main() -> None:
                 if "gflop_per_s" in row:
                     row["matmul_share"] = row["gflop_per_s"] / rates[CONFIGS[name]["precision"]]
                 results[key] = row
-                extra = (f"  padding {1 - real / row['positions']:.0%}  {row['gflop_per_s']:.0f} GFLOP/s "
+                extra = (f"  positions / real tokens {row['positions'] / real:.2f}  {row['gflop_per_s']:.0f} GFLOP/s "
                          f"({row['matmul_share']:.0%} of matmul)  reference pass {row['reference_pass_s']:.0f} s"
                          if "gflop_per_s" in row else "")
                 print(f"  {name:45} {row['epoch_s']:6.0f} s/epoch  {row['pairs_per_s']:5.2f} pairs/s  "

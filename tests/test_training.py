@@ -13,8 +13,10 @@ import torch
 import yaml
 
 from preftune import modeling, schema
-from preftune.batching import Encoder
+from preftune.batching import Encoder, Sequence, collate
 from preftune.errors import ConfigError
+from preftune.logprobs import ResponseLogprobs
+from preftune.packing import PackedPairLogprobs, pack_pairs, shared_prefix, supports_packing
 from preftune.pairs import encode_pairs, logprobs_of, reference_key
 from preftune.preference import PairObjective, preference_objective
 from preftune.reward_model import evaluate_pairs, load_reward_model, score_texts
@@ -255,3 +257,74 @@ def test_bf16_base_gives_the_autocast_log_probs_and_trains_an_fp32_adapter(base_
     assert history[-1]["train_loss"] < history[0]["train_loss"] and math.isfinite(history[-1]["heldout_loss"])
     assert any((p != 0).any() for n, p in bf16_base.named_parameters() if "lora_B" in n)
     assert {p.dtype for p in bf16_base.parameters() if p.requires_grad} == {torch.float32}
+
+
+# --- padding-free pairs (packing.py) ---------------------------------------------------------------------
+
+def tiny_llama():
+    """Rotary positions and grouped-query attention (4 query heads share 2 key/value heads), as SmolLM2 has."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0))
+
+
+def awkward_pairs(vocab: int, n: int = 6):
+    """Pairs of different lengths whose answers share a first token or two; one rejected answer is the start of its
+    chosen one (the shared prefix is then the whole rejected sequence), one prompt is a single token."""
+    g = torch.Generator().manual_seed(1)
+    ids = lambda k: torch.randint(3, vocab, (k,), generator=g).tolist()  # noqa: E731
+    chosen, rejected = [], []
+    for i in range(n):
+        prompt, common = ids(1 if i == 0 else 2 + 3 * i), ids(i % 3)
+        a, b = ids(1 + 2 * i), ids(9 - i)
+        chosen.append(Sequence(tuple(prompt + common + a), len(prompt)))
+        rejected.append(Sequence(tuple(prompt + common + (a[:1] if i == 4 else b)), len(prompt)))
+    return chosen, rejected
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_packed_pairs_give_the_padded_log_probs_and_gradients(base_model, architecture):
+    """A packed batch (no padding, each shared prefix run once) against the same pairs padded: summed log-probs,
+    token counts and every LoRA gradient agree within fp32 rounding."""
+    model = copy.deepcopy(base_model) if architecture == "gpt2" else tiny_llama()
+    model.eval()
+    policy = modeling.attach_lora(model, 4, 8, 0.0, ["c_attn", "c_proj"] if architecture == "gpt2" else "all-linear")
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:  # a trained adapter: LoRA's B starts at zero, which would hide its gradient path
+            torch.nn.init.normal_(p, std=0.1)
+    chosen, rejected = awkward_pairs(min(97, model.config.vocab_size))
+    weights = torch.linspace(-1.0, 2.0, 2 * len(chosen))  # an arbitrary loss: every sequence's gradient counts
+
+    def run(wrapper, batch):
+        sums, tokens = wrapper(**batch)
+        policy.zero_grad()
+        (sums * weights).sum().backward()
+        return sums.detach(), tokens, {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+    assert supports_packing(policy) is None
+    padded = run(ResponseLogprobs(policy), collate(chosen + rejected, 0))
+    packed_batch = pack_pairs(chosen, rejected)
+    packed = run(PackedPairLogprobs(policy), packed_batch)
+    assert torch.equal(packed[1], padded[1])
+    assert torch.allclose(packed[0], padded[0], rtol=1e-5, atol=1e-4), (packed[0] - padded[0]).abs().max()
+    for name, grad in padded[2].items():
+        assert torch.allclose(packed[2][name], grad, rtol=1e-4, atol=1e-6 * grad.abs().max()), name
+    shared = sum(shared_prefix(c.ids, r.ids) for c, r in zip(chosen, rejected))
+    assert packed_batch["input_ids"].shape == (1, sum(len(s.ids) for s in chosen + rejected) - shared)
+    # A padded batch through the packed wrapper is plain SDPA, bit for bit (held-out metrics, KTO's KL estimate).
+    assert torch.equal(PackedPairLogprobs(policy)(**collate(chosen + rejected, 0))[0], padded[0])
+
+
+def test_dpo_trains_on_padded_pairs_where_the_model_cannot_pack(base_model, split, reference, tok, caplog):
+    """An attention implementation other than SDPA (here eager) keeps padded batches, says so, and trains."""
+    policy = lora_policy(base_model)
+    policy.get_base_model().set_attn_implementation("eager")
+    assert "eager" in supports_packing(policy)
+    dpo = objective(split, reference, tok, dpo_cfg(epochs=1))
+    with caplog.at_level("INFO", logger="dpo"):
+        wrapped = dpo.wrap(policy)
+    assert isinstance(wrapped, ResponseLogprobs) and not isinstance(wrapped, PackedPairLogprobs)
+    assert "padded batches instead" in caplog.text and not dpo.packed
+    history, _ = fit(dpo.run, policy, dpo, seed=0)
+    assert history[0]["train_loss"] < LOG2

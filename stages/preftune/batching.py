@@ -120,7 +120,7 @@ def collate(sequences: list[Sequence], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -35,7 +35,7 @@ def full_vocab_token_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Te
     return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1) * mask
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def accepts_logits_to_keep(model) -> bool:
     core = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper forwards kwargs
     return _forward_takes_logits_to_keep(type(core))
 
@@ -53,27 +53,67 @@ def token_logprobs(model, batch: dict[str, torch.Tensor],
     """
     targets = batch["input_ids"][:, 1:]
     mask = batch["response_mask"][:, 1:]
-    if not _accepts_logits_to_keep(model):  # an architecture without the option
+    if not accepts_logits_to_keep(model):  # an architecture without the option
         return full_vocab_token_logprobs(model, batch), mask
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 logits_to_keep=1, output_hidden_states=True)
     hidden = out.hidden_states[-1][:, :-1]  # after the final norm: what the output head reads
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = core.get_output_embeddings()
-    softcap = getattr(core.config, "final_logit_softcapping", None)
     where = mask.nonzero(as_tuple=True)
-    h, t = hidden[where], targets[where]
-    pieces = []
-    for start in range(0, len(t), chunk_tokens):
-        args = (head, h[start:start + chunk_tokens], t[start:start + chunk_tokens], softcap)
-        if torch.is_grad_enabled():  # keep only the chunk's inputs; its logits are rebuilt in backward
-            pieces.append(checkpoint(_chunk_logps, *args, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logps(*args))
-    flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    flat = response_logps(core, hidden[where], targets[where], chunk_tokens)
     logps = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
     logps = logps.index_put(where, flat)  # out of place: autograd carries the gradient back to the chunks
     return logps, mask
+
+
+class _FrozenHeadLogps(torch.autograd.Function):
+    """log p(target) through a frozen linear output head, its gradient with respect to the hidden states taken in
+    the forward pass: d log p(t) / d h = W[t] - softmax(h W^T) W. The checkpointed path pays the head's matmul
+    three times (forward, recomputed forward, backward) and its log-softmax twice; this pays two matmuls and one
+    log-softmax, and keeps one chunk-sized gradient instead of the chunk's inputs. Exact: the upstream gradient of
+    each log-prob is a scalar that only scales its row."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets):
+        logits = F.linear(hidden, weight, bias).float()
+        logp = torch.log_softmax(logits, dim=-1)
+        del logits
+        picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        grad = logp.exp_()  # softmax, in place
+        grad.scatter_add_(-1, targets.unsqueeze(-1), grad.new_full((len(targets), 1), -1.0))  # softmax - onehot
+        ctx.save_for_backward((grad.to(weight.dtype) @ weight).neg_())  # d log p(t) / d hidden
+        return picked
+
+    @staticmethod
+    def backward(ctx, upstream):
+        (grad,) = ctx.saved_tensors
+        return (upstream.unsqueeze(-1) * grad).to(grad.dtype), None, None, None
+
+
+def _frozen_linear(head) -> bool:
+    """A plain, frozen, unsharded linear head (LoRA leaves the output layer alone): the one-pass gradient applies."""
+    weight, bias = getattr(head, "weight", None), getattr(head, "bias", None)
+    return (type(head) is torch.nn.Linear and weight is not None and not weight.requires_grad and weight.dim() == 2
+            and (bias is None or not bias.requires_grad))
+
+
+def response_logps(core, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = CHUNK_TOKENS) -> torch.Tensor:
+    """log p(target) for each (final hidden state, target id) pair (N, hidden) -> (N,): the output head of `core`
+    (the model itself, not a peft wrapper), `chunk_tokens` rows at a time. Under grad, each chunk is checkpointed,
+    or, through a frozen linear head, differentiated in its forward pass (_FrozenHeadLogps)."""
+    head = core.get_output_embeddings()
+    softcap = getattr(core.config, "final_logit_softcapping", None)
+    one_pass = torch.is_grad_enabled() and hidden.requires_grad and not softcap and _frozen_linear(head)
+    pieces = []
+    for start in range(0, len(targets), chunk_tokens):
+        h, t = hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens]
+        if one_pass:
+            pieces.append(_FrozenHeadLogps.apply(h, head.weight, head.bias, t))
+        elif torch.is_grad_enabled():  # keep only the chunk's inputs; its logits are rebuilt in backward
+            pieces.append(checkpoint(_chunk_logps, head, h, t, softcap, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logps(head, h, t, softcap))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,8 @@ chosen / rejected answers (summed over their tokens), not KL divergences (losses
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .batching import collate, to_device
@@ -19,8 +21,11 @@ from .errors import ConfigError
 from .formats import is_unpaired
 from .logprobs import ResponseLogprobs
 from .losses import NEEDS_KL_ESTIMATE, UNPAIRED_LOSSES, PairLogps, kto_unpaired_loss, pair_diagnostics, preference_loss
+from .packing import PackedPairLogprobs, pack_pairs, supports_packing
 from .pairs import encode_pairs, reference_for
 from .training import Objective
+
+log = logging.getLogger("dpo")
 
 PAIR_METRICS = ("loss", "pair_accuracy", "kl_chosen", "kl_rejected", "implicit_r_w", "implicit_r_l", "margin")
 UNPAIRED_METRICS = ("loss", "label_accuracy", "kl_chosen", "kl_rejected")
@@ -65,12 +70,23 @@ class PairObjective(Objective):
         seqs = splits["train"][0]
         self.lengths = [len(c.ids) + len(r.ids) for c, r in zip(seqs["chosen"], seqs["rejected"])]
 
+    packed = False
+
     def wrap(self, model):
-        return ResponseLogprobs(model)  # forward: summed response log-probs and token counts per sequence
+        """The module whose forward gives summed response log-probs and token counts per sequence: on packed
+        pair batches where dpo.padding_free allows and the model supports them (packing.py), else padded."""
+        if self.cfg["padding_free"]:
+            why_not = supports_packing(model)
+            if why_not is None:
+                self.packed = True
+                return PackedPairLogprobs(model)
+            log.info("dpo.padding_free: padded batches instead, because %s", why_not)
+        return ResponseLogprobs(model)
 
     def loss(self, model, idx, split="train"):
         (seqs, ref), cfg, device, b = self.splits[split], self.cfg, self.run.device, len(idx)
-        batch = collate([seqs["chosen"][i] for i in idx] + [seqs["rejected"][i] for i in idx], self.pad)
+        chosen, rejected = [seqs["chosen"][i] for i in idx], [seqs["rejected"][i] for i in idx]
+        batch = pack_pairs(chosen, rejected) if self.packed else collate(chosen + rejected, self.pad)
         sums, tokens = model(**to_device(batch, device))
         if cfg["reference"] == "self":  # the lab's exercise: the policy is its own (moving) reference
             ref_chosen, ref_rejected = sums[:b].detach(), sums[b:].detach()

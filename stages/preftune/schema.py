@@ -183,7 +183,7 @@ SCHEMA = {
     "dpo": {
         "seed": Nullable(_int(0)), "loss": Text(LOSS_NAMES), "beta": _n(0), "reference": Text(("sft", "self")),
         "lr": LR, "epochs": _int(1), "batch_size": _int(1), "schedule": SCHEDULE,
-        "warmup_steps": _int(0), "weight_decay": DECAY, "max_grad_norm": CLIP, **ENGINE,
+        "warmup_steps": _int(0), "weight_decay": DECAY, "max_grad_norm": CLIP, **ENGINE, "padding_free": Flag(),
         "lora": ({"r": _int(1), "alpha": _n(0, low_open=True), "dropout": _n(0, 1, high_open=True),
                   "target_modules": Names(("auto", "all-linear"))}, "nullable"),
         "label_smoothing": _n(0, 0.5, high_open=True), "simpo_gamma": _n(), "orpo_lambda": _n(0),
