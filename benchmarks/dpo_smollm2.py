@@ -244,7 +244,9 @@ def main() -> None:
                                        str(max_length)] + (["--pairs", str(args.pairs)] if args.pairs else []), capture_output=True, text=True)
                 key = f"{max_length} {name}"
                 if proc.returncode:
-                    results[key] = {"error": proc.stderr.strip().splitlines()[-1]}
+                    why = (f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 else
+                           next((line for line in reversed(proc.stderr.splitlines()) if "Error" in line), "failed"))
+                    results[key] = {"error": why}
                     print(f"  {name:45} FAILED: {results[key]['error']}", flush=True)
                     continue
                 row = json.loads(proc.stdout.strip().splitlines()[-1])

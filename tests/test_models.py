@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from preftune import modeling
-from preftune.batching import Encoder, Sequence, collate, left_pad
+from preftune.batching import Encoder, Sequence, collate, left_pad, length_batches
 from preftune.errors import ConfigError, UserError
 from preftune.generation import generate_answers
 from preftune.logprobs import full_vocab_token_logprobs, sequence_logprobs, token_logprobs
@@ -170,6 +170,19 @@ def test_collate_pad_equal_to_eos_still_masks_the_final_eos(tok):
     assert shifted[0].sum() == short.response_len
 
 
+def test_length_batches_cap_sequences_and_padded_positions():
+    lengths = [5, 300, 40, 1024, 7, 600, 600, 2, 130, 90] * 3
+    seqs = [Sequence(tuple(range(n)), 1) for n in lengths]
+    batches = length_batches(seqs, batch_size=4, max_tokens=1200)
+    assert sorted(i for b in batches for i in b) == list(range(len(seqs)))  # every sequence once
+    for b in batches:
+        width = len(seqs[b[0]].ids)
+        assert width == max(len(seqs[i].ids) for i in b)  # longest first within and across batches
+        assert len(b) <= 4 and (len(b) == 1 or len(b) * width <= 1200)
+    assert [len(b) for b in batches][:3] == [1, 1, 1]  # 1,024 tokens: alone, however many fit the count
+    assert length_batches(seqs, batch_size=64, max_tokens=10**9) == [sorted(range(30), key=lambda i: (-lengths[i], i))]
+
+
 def test_left_pad_aligns_the_last_prompt_token(tok):
     batch = left_pad([[3, 4], [5, 6, 7, 8]], tok.pad_token_id)
     p = tok.pad_token_id
@@ -280,13 +293,17 @@ def tiny_llama(vocab: int):
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("chunk", [5, 10_000])  # many chunks, and one
-def test_chunked_logprobs_equal_the_plain_computation_in_value_and_gradient(model, tok, pair_sequences, arch, chunk):
+@pytest.mark.parametrize("adapter", [True, False])  # a frozen head (its gradient in one pass), a trained one
+def test_chunked_logprobs_equal_the_plain_computation_in_value_and_gradient(model, tok, pair_sequences, arch, chunk,
+                                                                            adapter):
     net = model if arch == "gpt2" else tiny_llama(len(tok))
-    net = modeling.attach_lora(net, 4, 8, 0.0, "all-linear")
-    with torch.no_grad():  # a nonzero adapter, so that gradients reach both LoRA factors
-        for n, p in net.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
+    if adapter:
+        net = modeling.attach_lora(net, 4, 8, 0.0, "all-linear")
+        with torch.no_grad():  # a nonzero adapter, so that gradients reach both LoRA factors
+            for n, p in net.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+    assert net.get_output_embeddings().weight.requires_grad is not adapter
     batch = collate(pair_sequences, tok.pad_token_id)
     grads = []
     for compute in (full_vocab_token_logprobs, lambda m, b: token_logprobs(m, b, chunk_tokens=chunk)[0]):
@@ -321,6 +338,28 @@ def test_chunked_logprobs_never_build_the_whole_vocabulary_projection(tok, pair_
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         full_vocab_token_logprobs(net, batch).sum().backward()
     assert max(saved) >= full * 0.9  # the check would have caught the plain computation
+
+
+def test_bits_dropout_keeps_nn_dropouts_distribution_and_replays_under_checkpointing():
+    drop = modeling.BitsDropout(0.05).train()
+    x = torch.ones(1000, 1000, requires_grad=True)
+    y = drop(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.95) < 5 * (0.05 * 0.95 / x.numel()) ** 0.5  # five standard errors
+    assert y.unique().tolist() == [0.0, pytest.approx(1 / 0.95)]
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() / 0.95)  # the gradient is the mask, scaled
+    state = torch.get_rng_state()
+    first = drop(x)
+    torch.set_rng_state(state)
+    assert torch.equal(drop(x), first)  # the mask comes from torch's CPU generator: checkpointing replays it
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_attach_lora_uses_bits_dropout(model):
+    drops = [m for m in modeling.attach_lora(model, 4, 8, 0.1, "auto").modules() if isinstance(m, torch.nn.Dropout)
+             and type(m) is not torch.nn.Dropout]
+    assert drops and all(isinstance(m, modeling.BitsDropout) and m.p == 0.1 for m in drops)
 
 
 # --- LoRA targets and model.base --------------------------------------------------------------------------

@@ -147,14 +147,15 @@ def train(base_model, split, reference, tok, cfg, policy=None):
 
 
 def test_reference_equals_the_lora_policy_at_step_0(base_model, split, reference, tok):
-    """The precomputed reference (batches of 64, chosen/rejected/mismatched apart) and the policy's own pair
-    batches (chosen and rejected padded together) agree, so DPO starts at exactly log 2."""
+    """The precomputed reference (padded batches of 64, chosen/rejected/mismatched apart) and the policy's own pair
+    batches (packed: no padding, each prompt run once) agree, so DPO starts at log 2."""
     train_as_heldout = {**reference, **{k.replace("train/", "heldout/"): v for k, v in reference.items()
                                         if k.startswith("train/")}}
     # The training pairs as the held-out set: the objective's end-of-epoch evaluation, before any step.
     dpo = objective(split, train_as_heldout, tok, dpo_cfg(), heldout=split[0])
     assert isinstance(dpo, PairObjective)
     stats = dpo.evaluate(dpo.wrap(lora_policy(base_model)).eval())
+    assert dpo.packed  # the default, dpo.padding_free: the policy's packed pairs against the reference's padded batches
     assert stats["heldout_loss"] == pytest.approx(LOG2, abs=1e-5)
     assert abs(stats["heldout_kl_chosen"]) < 1e-4 and abs(stats["heldout_kl_rejected"]) < 1e-4
 

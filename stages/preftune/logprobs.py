@@ -90,11 +90,13 @@ class _FrozenHeadLogps(torch.autograd.Function):
         return (upstream.unsqueeze(-1) * grad).to(grad.dtype), None, None, None
 
 
-def _frozen_linear(head) -> bool:
-    """A plain, frozen, unsharded linear head (LoRA leaves the output layer alone): the one-pass gradient applies."""
+def _frozen_linear(head, width: int) -> bool:
+    """A plain, frozen, whole (not sharded away) linear head over `width` features (LoRA leaves the output layer
+    alone): the one-pass gradient applies. FSDP's wrapped classes and ZeRO-3's partitioned weights take the
+    checkpointed path."""
     weight, bias = getattr(head, "weight", None), getattr(head, "bias", None)
     return (type(head) is torch.nn.Linear and weight is not None and not weight.requires_grad and weight.dim() == 2
-            and (bias is None or not bias.requires_grad))
+            and weight.shape[1] == width and (bias is None or not bias.requires_grad))
 
 
 def response_logps(core, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = CHUNK_TOKENS) -> torch.Tensor:
@@ -103,7 +105,7 @@ def response_logps(core, hidden: torch.Tensor, targets: torch.Tensor, chunk_toke
     or, through a frozen linear head, differentiated in its forward pass (_FrozenHeadLogps)."""
     head = core.get_output_embeddings()
     softcap = getattr(core.config, "final_logit_softcapping", None)
-    one_pass = torch.is_grad_enabled() and hidden.requires_grad and not softcap and _frozen_linear(head)
+    one_pass = torch.is_grad_enabled() and hidden.requires_grad and not softcap and _frozen_linear(head, hidden.shape[-1])
     pieces = []
     for start in range(0, len(targets), chunk_tokens):
         h, t = hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens]
