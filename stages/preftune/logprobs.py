@@ -35,9 +35,13 @@ def full_vocab_token_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Te
     return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1) * mask
 
 
+def unwrapped(model):
+    """The model itself, inside a peft wrapper (which forwards kwargs to it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def accepts_logits_to_keep(model) -> bool:
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper forwards kwargs
-    return _forward_takes_logits_to_keep(type(core))
+    return _forward_takes_logits_to_keep(type(unwrapped(model)))
 
 
 @functools.cache
@@ -58,9 +62,8 @@ def token_logprobs(model, batch: dict[str, torch.Tensor],
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 logits_to_keep=1, output_hidden_states=True)
     hidden = out.hidden_states[-1][:, :-1]  # after the final norm: what the output head reads
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
     where = mask.nonzero(as_tuple=True)
-    flat = response_logps(core, hidden[where], targets[where], chunk_tokens)
+    flat = response_logps(unwrapped(model), hidden[where], targets[where], chunk_tokens)
     logps = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
     logps = logps.index_put(where, flat)  # out of place: autograd carries the gradient back to the chunks
     return logps, mask

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .batching import Sequence
-from .logprobs import ResponseLogprobs, accepts_logits_to_keep, response_logps
+from .logprobs import ResponseLogprobs, accepts_logits_to_keep, response_logps, unwrapped
 
 log = logging.getLogger("dpo")
 
@@ -114,13 +114,10 @@ def _register() -> None:
     AttentionMaskInterface.register(PAIR_ATTENTION, sdpa_mask)  # padded batches get SDPA's own mask
 
 
-def _core(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def supports_packing(model) -> str | None:
     """None when `model` can run packed pairs; else why not (the attention it uses, or its architecture)."""
-    core, config = _core(model), _core(model).config
+    core = unwrapped(model)
+    config = core.config
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return "it uses sliding-window attention"
     if getattr(config, "attn_logit_softcapping", None):
@@ -140,7 +137,7 @@ class PackedPairLogprobs(ResponseLogprobs):
     def __init__(self, model):
         super().__init__(model)
         _register()
-        _core(model).set_attn_implementation(PAIR_ATTENTION)
+        unwrapped(model).set_attn_implementation(PAIR_ATTENTION)
 
     def forward(self, input_ids, attention_mask=None, response_mask=None, position_ids=None, predictor=None,
                 targets=None, sequence=None, sequences=None, segments=None):
@@ -149,6 +146,6 @@ class PackedPairLogprobs(ResponseLogprobs):
         out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=torch.ones_like(input_ids),
                          segments=segments, logits_to_keep=1, output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[-1][0]  # (T, hidden) after the final norm
-        logps = response_logps(_core(self.model), hidden[predictor], targets)
+        logps = response_logps(unwrapped(self.model), hidden[predictor], targets)
         sums = torch.zeros(sequences, dtype=logps.dtype, device=logps.device).index_add(0, sequence, logps)
         return sums, torch.bincount(sequence, minlength=sequences).float()
