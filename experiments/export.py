@@ -31,6 +31,7 @@ METRIC_FILES = {"metrics/eval.json": "eval", "metrics/dpo/metrics.json": "dpo", 
 EPOCH_DIR, STEP_DIR = "metrics/dpo/plots/metrics", "metrics/dpo_steps/plots/metrics"
 STEP_METRICS = ("loss", "grad_norm", "pair_accuracy", "kl_chosen", "kl_rejected")
 OUT = Path("experiments/results")
+ROUND_FILE = re.compile(r"metrics/online/([A-Za-z][\w-]*)/(round|eval)\.json")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -63,6 +64,10 @@ def row_of(name: str, rev_entry: dict, baseline_params: dict | None, baseline_re
     files = data.get("metrics") or {}
     for path, prefix in METRIC_FILES.items():
         metrics.update(flatten((files.get(path) or {}).get("data") or {}, prefix + "."))
+    for path, entry in files.items():  # on-policy rounds: metrics/online/<round>/{round,eval}.json
+        found = ROUND_FILE.fullmatch(path)
+        if found:
+            metrics.update(flatten((entry or {}).get("data") or {}, f"online.{found[1]}.{found[2]}."))
     prepare = (files.get("metrics/prepare.json") or {}).get("data") or {}
     if prepare.get("label_swapped") is not None:
         metrics["prepare.label_swapped"] = prepare["label_swapped"]
@@ -77,17 +82,24 @@ def row_of(name: str, rev_entry: dict, baseline_params: dict | None, baseline_re
 
 
 def list_metrics(rev: str | None, metrics: dict) -> dict:
-    """The list-valued entries of metrics/eval.json at `rev` (dvc exp show drops them), prefixed eval.*."""
+    """The list-valued entries of metrics/eval.json (as eval.*) and of each round's eval.json (as
+    online.<round>.eval.*) at `rev`: dvc exp show drops them."""
     if not rev or not metrics:
         return {}
-    proc = subprocess.run(["git", "show", f"{rev}:metrics/eval.json"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {}
-    saved = flatten(json.loads(proc.stdout), "eval.")
-    for k, v in saved.items():
-        if not isinstance(v, list) and k in metrics and metrics[k] != v:
-            sys.exit(f"export: {rev[:7]}:metrics/eval.json has {k}={v} but dvc exp show reported {metrics[k]}")
-    return {k: v for k, v in saved.items() if isinstance(v, list)}
+    files = {"metrics/eval.json": "eval."}
+    files.update({f"metrics/online/{r}/eval.json": f"online.{r}.eval."
+                  for r in sorted({k.split(".")[1] for k in metrics if k.startswith("online.")})})
+    out = {}
+    for path, prefix in files.items():
+        proc = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            continue
+        saved = flatten(json.loads(proc.stdout), prefix)
+        for k, v in saved.items():
+            if not isinstance(v, list) and k in metrics and metrics[k] != v:
+                sys.exit(f"export: {rev[:7]}:{path} has {k}={v} but dvc exp show reported {metrics[k]}")
+        out.update({k: v for k, v in saved.items() if isinstance(v, list)})
+    return out
 
 
 def number(v):

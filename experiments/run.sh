@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one experiment set with DVC's own machinery and export its results table.
 #
-#   bash experiments/run.sh SET      # SET: break_it | beta_sweep | losses | seeds | all | smollm2
+#   bash experiments/run.sh SET      # SET: break_it | beta_sweep | losses | seeds | all | smollm2 | online
 #
 # For each experiment of the set: `dvc exp remove <name>` (a rerun replaces the old one), then
 # `dvc exp run --queue -n <name> -S key=value ...`. Then `dvc queue start -j 2`, wait until the queue is
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1
 PY="$PWD/.venv/bin/python"
 
-usage() { echo "usage: bash experiments/run.sh break_it|beta_sweep|losses|seeds|all|smollm2" >&2; exit 2; }
+usage() { echo "usage: bash experiments/run.sh break_it|beta_sweep|losses|seeds|all|smollm2|online" >&2; exit 2; }
 [ $# -eq 1 ] || usage
 
 # Each line: <experiment name> [key=value ...]. Empty -S list = the baseline config, rerun as an experiment.
@@ -64,7 +64,14 @@ set_smollm2() {
        "data.sft_demos=640 data.gold_prompts=200 sft.epochs=1 sft.lr=0.0001 sft.batch_size=16 sft.warmup_steps=4" \
        "reward.epochs=2 reward.lr=0.00005 reward.agreement_prompts=50 dpo.epochs=3 evaluate.kl_samples=2"
 }
-prefix_of() { case "$1" in break_it) echo break-;; beta_sweep) echo beta-;; losses) echo loss-;; seeds) echo seed-;; smollm2) echo smollm2-;; esac; }
+set_online() {
+  # README "On-policy rounds": three rounds after the offline DPO model, labelled by the reward model and by the
+  # gold checker (a verifier). Run one at a time (JOBS=1): the README quotes their stage times from the logs.
+  local r="+online.rounds.round1={from:dpo} +online.rounds.round2={from:round1} +online.rounds.round3={from:round2}"
+  echo "online-reward $r online.judge=reward"
+  echo "online-gold $r online.judge=gold"
+}
+prefix_of() { case "$1" in break_it) echo break-;; beta_sweep) echo beta-;; losses) echo loss-;; seeds) echo seed-;; smollm2) echo smollm2-;; online) echo online-;; esac; }
 
 run_set() {
   local set="$1" start end lines name args line status
@@ -90,7 +97,8 @@ run_set() {
 
   # Two workers: the stages share the cores (stages/preftune/cores.py), so a 2-job queue takes about 0.6x the
   # time of a serial one on 2 cores (benchmarks/contention.py, docs/reliability.md).
-  dvc queue start -j 2
+  local jobs=2; [ "$set" = online ] && jobs=1
+  dvc queue start -j "$jobs"
   # Wait until none of this set's experiments is queued or running.
   local pattern; pattern=$(printf '%s|' "${names[@]}"); pattern="${pattern%|}"
   while :; do
@@ -106,13 +114,18 @@ run_set() {
     fi
   done
 
+  if [ "$set" = online ]; then  # the stages' own lines, with their timings: README's stage times
+    for name in "${names[@]}"; do
+      dvc queue logs "$name" 2>/dev/null | grep -E "^(online|evaluate_round): " > "experiments/results/$name.log" || true
+    done
+  fi
   "$PY" experiments/export.py "$set" "$(prefix_of "$set")" "$base" "${names[@]}" || exit 1
   end=$(date +%s)
   echo "== $set done in $((end - start)) s (baseline $base)"
 }
 
 case "$1" in
-  break_it|beta_sweep|losses|seeds|smollm2) run_set "$1" ;;
+  break_it|beta_sweep|losses|seeds|smollm2|online) run_set "$1" ;;
   all) for s in break_it beta_sweep losses seeds; do run_set "$s"; done ;;
   *) usage ;;
 esac

@@ -1,7 +1,8 @@
 """The code dependencies of every stage in dvc.yaml, derived from the imports.
 
 DVC reruns a stage when one of its declared deps changes, so each stage must list exactly the code it runs: its
-script and every module of stages/preftune/ that the script imports, directly or through another module. Where a
+script and every module of stages/preftune/ that the script imports, directly or through another module (or through
+another stage's script it imports, which it then lists too). Where a
 helper lives therefore decides which stages rerun when it changes: put code in the module of the concept it
 belongs to, and a module that only some stages import costs the others nothing.
 
@@ -21,7 +22,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY = ROOT / "stages" / "preftune"
+STAGES = ROOT / "stages"
+LIBRARY = STAGES / "preftune"
 CODE_DEP = re.compile(r"^(\s*)- (stages/\S+\.py)\s*$")
 
 
@@ -41,6 +43,12 @@ def imported_modules(script: Path) -> set[str]:
                     names = [node.module]
             elif isinstance(node, ast.Import):
                 names = [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("preftune.")]
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and (STAGES / f"{node.module}.py").exists():  # another stage's script (from evaluate import ...)
+                rel = (STAGES / f"{node.module}.py").relative_to(ROOT).as_posix()
+                if rel not in seen:
+                    seen.add(rel)
+                    todo.append(STAGES / f"{node.module}.py")
             for name in names:
                 path = LIBRARY / f"{name.split('.')[0]}.py"
                 rel = path.relative_to(ROOT).as_posix()

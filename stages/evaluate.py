@@ -31,44 +31,51 @@ POLICIES = ("sft", "dpo")
 
 
 class Policies:
-    """The SFT and DPO policies. A LoRA adapter is switched off to get the SFT model back, so one copy
-    of the base weights serves both; a fully fine-tuned DPO model is loaded on its own."""
+    """SFT and the policies compared with it: by default models/dpo, whose LoRA adapter is switched off to get the
+    SFT model back, so that one copy of the base weights serves both; `others` (name: model directory, as an
+    on-policy round's evaluation passes) are loaded whole."""
 
-    def __init__(self, device):
+    def __init__(self, device, others: dict[str, str] | None = None):
         self.sft = modeling.load_causal_lm(SFT).to(device)
-        self.lora = os.path.isdir(DPO_ADAPTER)
+        self.lora = others is None and os.path.isdir(DPO_ADAPTER)
         if self.lora:
-            self.dpo = modeling.load_adapter(self.sft, DPO_ADAPTER).to(device)
+            self.models = {"dpo": modeling.load_adapter(self.sft, DPO_ADAPTER).to(device)}
         else:
-            self.dpo = modeling.load_causal_lm(DPO).to(device)
+            self.models = {name: modeling.load_causal_lm(path).to(device)
+                           for name, path in (others or {"dpo": DPO}).items()}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("sft", *self.models)
 
     def answers(self, which: str, tokenizer, prompts, **kw) -> list[str]:
-        if which == "dpo":
-            return generate_answers(self.dpo, tokenizer, prompts, desc=f"{which} answers", **kw)
+        if which != "sft":
+            return generate_answers(self.models[which], tokenizer, prompts, desc=f"{which} answers", **kw)
         if self.lora:
-            with self.dpo.disable_adapter():
-                return generate_answers(self.dpo, tokenizer, prompts, desc=f"{which} answers", **kw)
+            with self.models["dpo"].disable_adapter():
+                return generate_answers(self.models["dpo"], tokenizer, prompts, desc=f"{which} answers", **kw)
         return generate_answers(self.sft, tokenizer, prompts, desc=f"{which} answers", **kw)
 
     @torch.no_grad()
-    def kl_estimate(self, tokenizer, prompts, samples: int, max_new_tokens: int, max_length: int, seed: int, device) -> float:
-        """Monte Carlo KL(dpo || sft) per sequence: E_{y ~ dpo}[log pi_dpo(y|x) - log pi_sft(y|x)]."""
+    def kl_estimate(self, tokenizer, prompts, samples: int, max_new_tokens: int, max_length: int, seed: int, device,
+                    which: str = "dpo") -> float:
+        """Monte Carlo KL(policy || sft) per sequence: E_{y ~ policy}[log pi(y|x) - log pi_sft(y|x)]."""
         repeated = [p for p in prompts for _ in range(samples)]
-        answers = self.answers("dpo", tokenizer, repeated, max_new_tokens=max_new_tokens, sample=True, seed=seed,
+        answers = self.answers(which, tokenizer, repeated, max_new_tokens=max_new_tokens, sample=True, seed=seed,
                                max_length=max_length)
         encode = Encoder(tokenizer, max_length)
         sequences = [encode(p, a) for p, a in zip(repeated, answers)]
-        diffs = []
+        policy, diffs = self.models[which].eval(), []
         for idx in tqdm(length_batches(sequences, EVAL_BATCH), desc="KL estimate", unit="batch", leave=False,
                         disable=None):
             batch = to_device(collate([sequences[i] for i in idx], tokenizer.pad_token_id), device)
-            dpo_lp, _ = sequence_logprobs(self.dpo.eval(), batch)
+            policy_lp, _ = sequence_logprobs(policy, batch)
             if self.lora:
-                with self.dpo.disable_adapter():
-                    sft_lp, _ = sequence_logprobs(self.dpo, batch)
+                with policy.disable_adapter():
+                    sft_lp, _ = sequence_logprobs(policy, batch)
             else:
                 sft_lp, _ = sequence_logprobs(self.sft.eval(), batch)
-            diffs += (dpo_lp - sft_lp).tolist()
+            diffs += (policy_lp - sft_lp).tolist()
         return statistics.fmean(diffs)
 
 
@@ -79,6 +86,11 @@ class Compared:
     prompts: list[str]
     answers: dict[str, list[str]]
     rewards: dict[str, list[float]]
+
+    def versus(self, name: str) -> "Compared":
+        """Policy `name` against SFT, as the "dpo" side of every summary below."""
+        return Compared(self.prompts, {"sft": self.answers["sft"], "dpo": self.answers[name]},
+                        {"sft": self.rewards["sft"], "dpo": self.rewards[name]})
 
     @property
     def identical(self) -> list[bool]:
@@ -95,11 +107,11 @@ class Compared:
 class Evaluation:
     """What every step shares: the tokenizer, both policies, the judge, the Encoder and the settings."""
 
-    def __init__(self, model_cfg: dict, cfg: dict, seed: int):
+    def __init__(self, model_cfg: dict, cfg: dict, seed: int, others: dict[str, str] | None = None):
         self.cfg, self.seed, self.max_length = cfg, seed, model_cfg["max_length"]
         self.device = modeling.resolve_device(model_cfg["device"])
         self.tokenizer = modeling.load_tokenizer(SFT)
-        self.policies = Policies(self.device)
+        self.policies = Policies(self.device, others)
         self.judge = load_reward_model(REWARD).to(self.device)
         self.encode = Encoder(self.tokenizer, self.max_length)
         self.prompts_truncated = 0
@@ -113,20 +125,20 @@ class Evaluation:
         return fitted
 
     def compare(self, prompts: list[str]) -> Compared:
-        """Greedy answers of both policies to the fitted prompts, and the judge's rewards for them."""
+        """Greedy answers of every policy to the fitted prompts, and the judge's rewards for them."""
         prompts = self.fit_prompts(prompts)
         gen = {"max_new_tokens": self.cfg["max_new_tokens"], "batch_size": self.cfg["batch_size"],
                "max_length": self.max_length}
         with modeling.autocast(self.device, self.cfg["precision"]):
-            answers = {m: self.policies.answers(m, self.tokenizer, prompts, **gen) for m in POLICIES}
+            answers = {m: self.policies.answers(m, self.tokenizer, prompts, **gen) for m in self.policies.names}
             rewards = {m: score_texts(self.judge, self.encode, prompts, answers[m], self.device,
-                                      desc=f"score {m} answers") for m in POLICIES}
+                                      desc=f"score {m} answers") for m in self.policies.names}
         return Compared(prompts, answers, rewards)
 
-    def kl(self, prompts: list[str]) -> float:
+    def kl(self, prompts: list[str], which: str = "dpo") -> float:
         with modeling.autocast(self.device, self.cfg["precision"]):
             return self.policies.kl_estimate(self.tokenizer, prompts, self.cfg["kl_samples"], self.cfg["max_new_tokens"],
-                                             self.max_length, self.seed, self.device)
+                                             self.max_length, self.seed, self.device, which)
 
     def judge_hits(self, rows: list[dict]) -> tuple[int, int]:
         """(rows the judge gets right, rows): a pair where it scores chosen strictly above rejected, or an unpaired

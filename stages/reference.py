@@ -8,16 +8,14 @@ adapter: nothing here can ever be the policy) and rank 0 writes the file."""
 import logging
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from preftune import data, modeling
-from preftune.batching import EVAL_BATCH, Encoder, length_batches
+from preftune.batching import Encoder
 from preftune.errors import exit_on_user_error
 from preftune.params import section, start_stage
 from preftune.paths import REFERENCE, REFERENCE_ENCODING, SFT, prepared
-from preftune.pairs import encode_pairs, logprobs_of, reference_key
+from preftune.pairs import reference_tensors
 
 log = logging.getLogger("reference")
 
@@ -33,27 +31,15 @@ def main() -> None:
     tokenizer = modeling.load_tokenizer(SFT)
     model = modeling.load_causal_lm(SFT).to(device).eval()
     encode = Encoder(tokenizer, model_cfg["max_length"])
-    encoded = {split: encode_pairs(encode, data.read_jsonl(prepared(split))) for split in ("train", "heldout")}
-    # Length-sorted batches, the same whatever the number of ranks; rank r computes batches r, r + N, ...
-    work = [(split, kind, idx) for split, kinds in encoded.items() for kind, seqs in kinds.items()
-            for idx in length_batches(seqs, EVAL_BATCH)]
-    mine = [(split, kind, idx, logprobs_of(model, [encoded[split][kind][i] for i in idx], tokenizer.pad_token_id,
-                                           device, precision=precision).tolist())
-            for split, kind, idx in tqdm(work[rank::world], desc="reference log-probs", unit="batch",
-                                         disable=None if state.is_main_process else True)]
-    found = gather_object(mine) if world > 1 else mine
+    rows = {split: data.read_jsonl(prepared(split)) for split in ("train", "heldout")}
+    tensors = reference_tensors(model, rows, encode, device, precision, rank, world, gather_object)
     if not state.is_main_process:
         return
-    tensors = {reference_key(split, kind): torch.zeros(len(seqs)) for split, kinds in encoded.items()
-               for kind, seqs in kinds.items()}
-    for split, kind, idx, sums in found:
-        tensors[reference_key(split, kind)][idx] = torch.tensor(sums)
     Path(REFERENCE).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, REFERENCE)
     data.write_json(REFERENCE_ENCODING, encode.stats())  # truncations this stage saw
-    n = {split: len(next(iter(kinds.values()))) for split, kinds in encoded.items()}
-    log.info("reference log-probs (%s) of %d train and %d held-out rows; %s", precision, n["train"], n["heldout"],
-             encode.stats())
+    log.info("reference log-probs (%s) of %d train and %d held-out rows; %s", precision, len(rows["train"]),
+             len(rows["heldout"]), encode.stats())
 
 
 if __name__ == "__main__":

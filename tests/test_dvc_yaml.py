@@ -22,7 +22,7 @@ def test_derivation_has_nothing_to_change():
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_code_deps_are_exactly_the_imports(stage):
-    spec = STAGES[stage]
+    spec = STAGES[stage].get("do", STAGES[stage])  # a foreach stage's template
     script = spec["cmd"].split()[1]
     declared = [d for d in spec["deps"] if d.endswith(".py")]
     assert declared == deps.code_deps(script)
@@ -37,6 +37,7 @@ def test_rewrite_replaces_code_deps_and_keeps_the_rest():
 
 
 def test_beta_and_reward_lr_reach_only_their_stages():
-    reads = {name: [p for p in spec.get("params", [])] for name, spec in STAGES.items()}
-    assert [s for s, ps in reads.items() if "dpo" in ps or "dpo.beta" in ps] == ["dpo"]
+    reads = {name: [p for p in spec.get("do", spec).get("params", [])] for name, spec in STAGES.items()}
+    # the on-policy rounds train with dpo's settings (none run by default)
+    assert [s for s, ps in reads.items() if "dpo" in ps or "dpo.beta" in ps] == ["dpo", "online"]
     assert [s for s, ps in reads.items() if "reward" in ps or "reward.lr" in ps] == ["reward"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -25,9 +26,30 @@ from .paths import CHECKPOINTS
 
 
 
+def stage_spec(stages: dict, stage: str, params: dict) -> dict:
+    """The stage's dvc.yaml definition; for a `foreach` stage (online@round2), its template with ${key} and
+    ${item.<field>} filled in as DVC fills them (the items come from params.yaml, as dvc.yaml's foreach says)."""
+    if "@" not in stage:
+        return stages[stage]
+    group, key = stage.split("@", 1)
+    template, items = stages[group], params
+    for part in stages[group]["foreach"].strip("${} ").split("."):  # foreach: ${online.rounds}
+        items = items[part]
+    item = items[key]
+
+    def fill(text: str) -> str:
+        return re.sub(r"\$\{(key|item\.(\w+))\}", lambda m: key if m.group(1) == "key" else str(item[m.group(2)]),
+                      text)
+
+    def filled(value):  # a path, or {path: options} as outs and metrics have
+        return fill(value) if isinstance(value, str) else {fill(k): v for k, v in value.items()}
+
+    return {field: [filled(v) for v in values] for field, values in template["do"].items() if isinstance(values, list)}
+
+
 def inputs_key(stage: str, params: dict, world: int) -> str:
     """A digest of the stage's declared dependencies (files, params values), its launcher and process count."""
-    spec = yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]
+    spec = stage_spec(yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"], stage, params)
     digest = hashlib.sha256(json.dumps([stage, params.get("launcher"), world]).encode())
     for dep in sorted(spec.get("deps", [])):
         root = Path(dep)
@@ -91,8 +113,10 @@ class Checkpoints:
         if acc.is_main_process:
             for directory in lives:
                 shutil.copytree(directory, path / "live" / directory, dirs_exist_ok=True)
+            # Not sorted: the epoch's totals come back in the order they were first summed, so a resumed epoch
+            # logs its metrics in the same order as an uninterrupted one (DVCLive keeps first-logged order).
             (path / "position.json").write_text(json.dumps(
-                {**position, "live_steps": {d: live.step for d, live in lives.items()}}, sort_keys=True))
+                {**position, "live_steps": {d: live.step for d, live in lives.items()}}))
             tmp = self.here / "LATEST.tmp"
             tmp.write_text(name)
             os.replace(tmp, self.here / "LATEST")

@@ -64,3 +64,26 @@ def logprobs_of(model, sequences: list[Sequence], pad_id: int, device, batch_siz
             sums = sequence_logprobs(model, to_device(collate([sequences[i] for i in idx], pad_id), device))[0]
         out[idx] = sums.float().cpu()
     return out
+
+
+def reference_tensors(model, rows: dict[str, list[dict]], encode: Encoder, device, precision: str,
+                      rank: int = 0, world: int = 1, gather=None, desc: str = "reference log-probs") -> dict | None:
+    """The reference file's tensors ("<split>/<kind>": summed response log-probs under `model`) for each split's
+    rows. Length-sorted batches, the same whatever the number of ranks: rank r computes batches r, r + N, ... and
+    `gather` (accelerate's gather_object) brings them to every rank; None on ranks other than 0."""
+    encoded = {split: encode_pairs(encode, split_rows) for split, split_rows in rows.items()}
+    pad = encode.tokenizer.pad_token_id
+    work = [(split, kind, idx) for split, kinds in encoded.items() for kind, seqs in kinds.items()
+            for idx in length_batches(seqs, EVAL_BATCH)]
+    mine = [(split, kind, idx, logprobs_of(model, [encoded[split][kind][i] for i in idx], pad, device,
+                                           precision=precision).tolist())
+            for split, kind, idx in tqdm(work[rank::world], desc=desc, unit="batch",
+                                         disable=None if rank == 0 else True)]
+    found = gather(mine) if world > 1 else mine
+    if rank != 0:
+        return None
+    tensors = {reference_key(split, kind): torch.zeros(len(seqs)) for split, kinds in encoded.items()
+               for kind, seqs in kinds.items()}
+    for split, kind, idx, sums in found:
+        tensors[reference_key(split, kind)][idx] = torch.tensor(sums)
+    return tensors

@@ -45,9 +45,10 @@ def section(params: dict, name: str) -> Section:
     return Section(name, value)
 
 
-def start_stage(stage: str, description: str) -> Section:
+def start_stage(stage: str, description: str, item: str | None = None) -> Section:
     """What every stage does first, in this order:
-    1. parse its one option (--params, so tests and users can point it at another file);
+    1. parse its one option (--params, so tests and users can point it at another file), and for a dvc.yaml
+       `foreach` stage the item it runs (`item` names it: online.py round1), kept as the result's `.item`;
     2. log at INFO as `<stage>: message` (rank 0 only), with library chatter below the default level;
     3. load params.yaml and check it whole (schema.check: every key's type and range, then each section's rules),
        so a bad value anywhere stops every stage before it reads any data or model; the warnings of this stage's
@@ -56,6 +57,8 @@ def start_stage(stage: str, description: str) -> Section:
        cores // stages running, and a line says so when there is a neighbour)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    if item:
+        parser.add_argument(item, help=f"the {item} to run (dvc.yaml passes it)")
     args = parser.parse_args()
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun / accelerate launch: one log per launch
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(name)s: %(message)s")
@@ -68,6 +71,7 @@ def start_stage(stage: str, description: str) -> Section:
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     params = load_params(args.params)
+    params.item = getattr(args, item) if item else None
     schema.check(params, stage)
     shared = cores.register()
     if shared:

@@ -18,6 +18,21 @@ SAMPLES = f"{METRICS}/samples.csv"
 PLOTS = f"{METRICS}/plots"
 
 
+def policy_dir(name: str) -> str:
+    """models/<name>: the offline DPO model (dpo) or an on-policy round's model (online.rounds.<name>)."""
+    return f"models/{name}"
+
+
+def round_data(name: str) -> str:
+    """data/online/<name>: a round's samples, labels, pairs and their reference log-probs."""
+    return f"data/online/{name}"
+
+
+def round_metrics(name: str) -> str:
+    """metrics/online/<name>: a round's counts (round.json), training log and evaluation (eval.json)."""
+    return f"{METRICS}/online/{name}"
+
+
 def prepared(name: str) -> str:
     """data/prepared/<name>.jsonl for name in train, heldout, sft."""
     return f"{PREPARED}/{name}.jsonl"

@@ -11,6 +11,7 @@ the code that owns that knowledge.
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -138,6 +139,18 @@ class Weights:
         return [[0.5], {"x": "oops"}]
 
 
+@dataclass(frozen=True)
+class Rounds:
+    """online.rounds: a mapping of round names (checked in full by _online_rules, which knows the dpo keys)."""
+
+    def problem(self, value) -> str | None:
+        return None if isinstance(value, dict) else ("must be a mapping of round names, e.g. {round1: {from: dpo}}, "
+                                                     "or {} for none")
+
+    def bad_values(self) -> list:
+        return [[], 2]
+
+
 def _n(low=None, high=None, **kw) -> Number:
     return Number(low, high, **kw)
 
@@ -191,7 +204,43 @@ SCHEMA = {
     },
     "evaluate": {"max_new_tokens": _int(1), "batch_size": _int(1), "kl_samples": _int(1),
                  "precision": PRECISION},
+    "online": {
+        "rounds": Rounds(),
+        "prompts": Nullable(_int(1)), "samples": _int(2), "temperature": _n(0, low_open=True),
+        "max_new_tokens": _int(1), "judge": Text(("reward", "gold")), "reference": Text(("sft", "previous")),
+    },
 }
+
+ROUND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+RESERVED_ROUND_NAMES = ("sft", "reward", "dpo", "online")  # models/<name> and metrics/online/<name> must not collide
+
+
+def _online_rules(online: dict, dpo_spec: dict | None = None) -> list[str]:
+    """online.rounds: a mapping of round names, in order, each trained from `from` (dpo or an earlier round), with
+    any dpo key overridden for that round."""
+    rounds, dpo_spec = online["rounds"], dpo_spec or SCHEMA["dpo"]
+    earlier = ["dpo"]
+    for name, spec in rounds.items():
+        where = f"params.yaml: online.rounds.{name}"
+        if not isinstance(name, str) or not ROUND_NAME.match(name) or name in RESERVED_ROUND_NAMES:
+            raise ConfigError(f"params.yaml: online.rounds: {name!r} is not a usable round name (letters, digits, "
+                              f"_ and -, starting with a letter; not {', '.join(RESERVED_ROUND_NAMES)}); rename it")
+        if not isinstance(spec, dict) or "from" not in spec:
+            raise ConfigError(f"{where}: {spec!r} needs a 'from' (dpo or an earlier round), e.g. {{from: dpo}}; "
+                              "add it")
+        if spec["from"] not in earlier:
+            raise ConfigError(f"{where}.from: {spec['from']!r} is not dpo or a round listed before it "
+                              f"({', '.join(earlier)}); fix the value or reorder the rounds")
+        for key, value in spec.items():
+            if key == "from":
+                continue
+            if key not in dpo_spec:
+                close = difflib.get_close_matches(str(key), list(dpo_spec), n=1)
+                hint = f"did you mean {close[0]}?" if close else "a round overrides dpo keys only"
+                raise ConfigError(f"{where}.{key}: unknown key; {hint} (remove or rename it)")
+            validate(value, dpo_spec[key], f"online.rounds.{name}.{key}.")
+        earlier.append(name)
+    return []
 
 
 def _dpo_rules(dpo: dict) -> list[str]:
@@ -218,7 +267,7 @@ def _data_rules(data: dict) -> list[str]:
 
 # Rules between the keys of one section: each raises ConfigError for a combination that cannot run and returns
 # the warnings its own stage should print.
-RULES = {"data": _data_rules, "model": _model_rules, "dpo": _dpo_rules}
+RULES = {"data": _data_rules, "model": _model_rules, "dpo": _dpo_rules, "online": _online_rules}
 
 
 def check(params: dict, stage: str | None = None) -> None:
