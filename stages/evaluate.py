@@ -6,6 +6,7 @@ metrics/plots/.
 main() reads as the list of steps: the win rate on the held-out prompts, the KL, the judge's own accuracy,
 the gold checker's verdicts (held-out, validation and gold prompts of the built-in task), then the outputs."""
 
+import contextlib
 import csv
 import logging
 import os
@@ -55,6 +56,18 @@ class Policies:
             with self.models["dpo"].disable_adapter():
                 return generate_answers(self.models["dpo"], tokenizer, prompts, desc=f"{which} answers", **kw)
         return generate_answers(self.sft, tokenizer, prompts, desc=f"{which} answers", **kw)
+
+    @torch.no_grad()
+    def logprobs(self, which: str, sequences, pad: int, device) -> torch.Tensor:
+        """Summed response log-probs of `sequences` under policy `which`, batched by length."""
+        model = self.models["dpo"] if self.lora else (self.sft if which == "sft" else self.models[which])
+        adapter_off = self.lora and which == "sft"
+        out = torch.zeros(len(sequences))
+        for idx in length_batches(sequences, EVAL_BATCH):
+            batch = to_device(collate([sequences[i] for i in idx], pad), device)
+            with model.disable_adapter() if adapter_off else contextlib.nullcontext():
+                out[idx] = sequence_logprobs(model.eval(), batch)[0].float().cpu()
+        return out
 
     @torch.no_grad()
     def kl_estimate(self, tokenizer, prompts, samples: int, max_new_tokens: int, max_length: int, seed: int, device,
@@ -140,6 +153,22 @@ class Evaluation:
             return self.policies.kl_estimate(self.tokenizer, prompts, self.cfg["kl_samples"], self.cfg["max_new_tokens"],
                                              self.max_length, self.seed, self.device, which)
 
+    def implicit_reward_hits(self, rows: list[dict]) -> tuple[int, int]:
+        """(pairs the DPO policy itself ranks right, pairs): its implicit reward beta * (log pi - log pi_sft) is
+        higher for chosen than for rejected (beta > 0 does not change the order), as RewardBench scores DPO models.
+        (0, 0) for unpaired rows."""
+        if not rows or is_unpaired(rows):
+            return 0, 0
+        pad = self.tokenizer.pad_token_id
+        with modeling.autocast(self.device, self.cfg["precision"]):
+            reward = {}
+            for kind in ("chosen", "rejected"):
+                sequences = [self.encode.row(r, kind, count=False) for r in rows]
+                reward[kind] = (self.policies.logprobs("dpo", sequences, pad, self.device)
+                                - self.policies.logprobs("sft", sequences, pad, self.device))
+        margin = reward["chosen"] - reward["rejected"]
+        return int((margin > 0).sum()), len(rows)
+
     def judge_hits(self, rows: list[dict]) -> tuple[int, int]:
         """(rows the judge gets right, rows): a pair where it scores chosen strictly above rejected, or an unpaired
         row whose reward has the label's sign (r > 0 for a desirable answer)."""
@@ -182,6 +211,12 @@ def heldout_metrics(ev: Evaluation, heldout: list[dict]) -> tuple[dict, Compared
     """The lab's headline: held-out prompts, greedy answers, the reward model as judge."""
     compared = ev.compare([r["prompt"] for r in heldout])
     metrics = compared.win_rate()
+    # The same verdicts with the judge's taste for length taken out (AlpacaEval 2's control), in characters: a
+    # tokenizer-free length that reads the same for any model.
+    outcome = {"a": 1.0, "tie": 0.5, "b": 0.0}
+    metrics.update(judge.length_controlled_win_rate([outcome[v] for v in compared.verdicts()],
+                                                    [len(a) for a in compared.answers["dpo"]],
+                                                    [len(a) for a in compared.answers["sft"]], seed=ev.seed))
     metrics.update({
         "reward_mean_sft": statistics.fmean(compared.rewards["sft"]),
         "reward_mean_dpo": statistics.fmean(compared.rewards["dpo"]),
@@ -241,7 +276,8 @@ def write_manifest(metrics: dict) -> None:
     trained = data.read_json(f"{DPO}/manifest.json")
     data.write_json(RUN_MANIFEST, {
         **{k: trained[k] for k in ("seed", "beta", "lr", "epochs", "loss", "batch_size", "effective_batch_size")},
-        **{k: metrics.get(k) for k in ("win_rate", "win_rate_ci95", "wins", "ties", "losses", "win_rate_informative",
+        **{k: metrics.get(k) for k in ("win_rate", "win_rate_ci95", "lc_win_rate", "lc_win_rate_ci95", "wins", "ties",
+                                       "losses", "win_rate_informative",
                                        "judge_accuracy", "judge_accuracy_fresh", "gold_accuracy_sft",
                                        "gold_accuracy_dpo")}})
 
@@ -252,8 +288,10 @@ def log_summary(metrics: dict) -> None:
     lo, hi = metrics[f"{which}_ci95"]
     judged_by = (f"judge accuracy {metrics[which]:.2f} [{lo:.2f}, {hi:.2f}] on "
                  f"{metrics['judge_pairs_fresh' if fresh else 'judge_pairs']} {'fresh' if fresh else 'held-out'} pairs")
-    log.info("win rate %.3f (ties as half %.3f; %d/%d/%d; %s%s) | gold accuracy sft %s dpo %s | KL %.3f",
-             metrics["win_rate"], metrics["win_rate_ties_half"], metrics["wins"], metrics["ties"], metrics["losses"],
+    log.info("win rate %.3f (ties as half %.3f; length-controlled %.3f [%.3f, %.3f], DPO answers %.2fx SFT's "
+             "length; %d/%d/%d; %s%s) | gold accuracy sft %s dpo %s | KL %.3f",
+             metrics["win_rate"], metrics["win_rate_ties_half"], metrics["lc_win_rate"], *metrics["lc_win_rate_ci95"],
+             metrics["length_ratio"], metrics["wins"], metrics["ties"], metrics["losses"],
              judged_by, "" if metrics["win_rate_informative"] else ": UNINFORMATIVE, the judge may be guessing",
              metrics.get("gold_accuracy_sft"), metrics.get("gold_accuracy_dpo"), metrics["kl_dpo_sft"])
 
@@ -270,8 +308,13 @@ def main() -> None:
     metrics["kl_dpo_sft"] = ev.kl(compared.prompts)  # sampled answers to the same fitted prompts
     # Is the judge worth hearing? Its accuracy on the held-out pairs (the lab's 50) and on fresh pairs no stage
     # trained on (the built-in task makes 500). A win rate from a judge whose interval includes chance is noise.
-    metrics.update(judge.judge_reliability(ev.judge_hits(heldout_rows),
-                                           ev.judge_hits(data.read_optional_jsonl(check_set("judge")))))
+    judge_pairs = data.read_optional_jsonl(check_set("judge"))
+    metrics.update(judge.judge_reliability(ev.judge_hits(heldout_rows), ev.judge_hits(judge_pairs)))
+    # The DPO policy as its own judge, on the same pairs (RewardBench's score for DPO models)
+    for name, hits in (("implicit_reward_accuracy", ev.implicit_reward_hits(heldout_rows)),
+                       ("implicit_reward_accuracy_fresh", ev.implicit_reward_hits(judge_pairs))):
+        metrics[name] = hits[0] / hits[1] if hits[1] else None
+        metrics[f"{name}_ci95"] = list(judge.wilson_interval(*hits)) if hits[1] else None
     if all("correct" in r for r in heldout):  # the gold checker's verdict on the same held-out answers
         metrics.update(gold_summary(gold_verdicts(heldout, compared), "heldout_"))
     metrics.update(validation_metrics(ev, data.read_optional_jsonl(check_set("validation"))))

@@ -1,11 +1,13 @@
 """Evaluate-stage statistics against hand-computed values."""
 
 import math
+import random
 
 import pytest
 
 from preftune import judge
-from preftune.judge import judge_agreement, paired_difference, wilson_interval, win_rate_summary
+from preftune.judge import (judge_agreement, length_controlled_win_rate, paired_difference, wilson_interval,
+                            win_rate_summary)
 
 
 def test_wilson_interval_hand_values():
@@ -110,3 +112,27 @@ def test_judge_reliability_flags_a_judge_that_may_be_guessing(heldout, fresh, in
         assert out["judge_accuracy_fresh"] == fresh[0] / fresh[1] and out["judge_pairs_fresh"] == fresh[1]
     else:
         assert out["judge_accuracy_fresh"] is None and out["judge_accuracy_fresh_ci95"] is None
+
+
+def test_length_controlled_win_rate_removes_a_pure_length_bias():
+    """A judge that prefers the longer answer and nothing else: the raw win rate follows the lengths, the
+    length-controlled rate stays at a coin toss (its interval holds 0.5)."""
+    rng = random.Random(0)
+    n = 400
+    length_b = [rng.randint(40, 120) for _ in range(n)]
+    for stretch in (0, 30):  # A's answers as long as B's on average, then 30 characters longer
+        length_a = [max(1, b + rng.randint(-40, 40) + stretch) for b in length_b]
+        # the judge's only reason: P(A preferred) grows with A's extra characters
+        outcomes = [1.0 if rng.random() < 1 / (1 + math.exp(-(a - b) / 15)) else 0.0
+                    for a, b in zip(length_a, length_b)]
+        raw = sum(outcomes) / n
+        lc = length_controlled_win_rate(outcomes, length_a, length_b, resamples=200, seed=1)
+        lo, hi = lc["lc_win_rate_ci95"]
+        assert lo <= 0.5 <= hi, (stretch, lc)
+        if stretch:
+            assert raw > 0.75 and lc["lc_length_coefficient"] > 0
+    # A real preference at equal lengths survives the control
+    length_a = list(length_b)
+    outcomes = [1.0 if rng.random() < 0.8 else 0.0 for _ in range(n)]
+    lc = length_controlled_win_rate(outcomes, length_a, length_b, resamples=200, seed=1)
+    assert lc["lc_win_rate"] == pytest.approx(sum(outcomes) / n, abs=1e-4) and lc["lc_win_rate_ci95"][0] > 0.7

@@ -260,7 +260,7 @@ def test_dispatcher_reference_free_losses_use_averages():
     expected_orpo = [-w - lam * logsig(log_odds(w) - log_odds(l)) for w, l in zip(aw, al)]
     got = L.preference_loss("orpo", pair_logps(ref=False), BETA, {**OPTIONS, "orpo_lambda": lam})
     assert got.tolist() == pytest.approx(expected_orpo, abs=1e-12)
-    assert L.REFERENCE_FREE == {"simpo", "orpo"}
+    assert L.REFERENCE_FREE == {"simpo", "orpo", "sft"}  # sft: the mixture term (RPO)
 
 
 def test_dispatcher_kto_needs_kl_estimate_and_reference():
@@ -313,3 +313,24 @@ def test_kto_on_unpaired_rows_is_the_pair_form_split_by_label():
     torch.testing.assert_close((unpaired[:len(pc)] + unpaired[len(pc):]) / 2, L.kto_loss(pc, pr, rc, rr, z, BETA, 1.5, 0.5))
     plain = L.kto_unpaired_loss(policy, ref, labels, z, BETA)
     torch.testing.assert_close(unpaired, torch.where(labels, 1.5 * plain, 0.5 * plain))
+
+
+# --- mixtures (dpo.loss as a list) ----------------------------------------------------------------------------
+
+def test_a_single_loss_is_unchanged_and_a_mixture_is_the_weighted_sum():
+    p = pair_logps()
+    single, terms = L.mixture_loss(p, BETA, {**OPTIONS, "loss": "sigmoid", "loss_weights": None})
+    assert torch.equal(single, L.preference_loss("sigmoid", p, BETA, OPTIONS)) and list(terms) == ["sigmoid"]
+    rpo, terms = L.mixture_loss(p, BETA, {**OPTIONS, "loss": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]})
+    nll = -t(PC) / t(TOK_W)  # the chosen answer's NLL per token
+    assert torch.allclose(terms["sft"], nll)
+    assert torch.allclose(rpo, L.sigmoid_loss(*worked(), BETA) + 0.5 * nll)
+    equal, _ = L.mixture_loss(p, BETA, {**OPTIONS, "loss": ["sigmoid", "sft"], "loss_weights": None})
+    assert torch.allclose(equal, L.sigmoid_loss(*worked(), BETA) + nll)
+
+
+def test_the_sft_term_raises_the_chosen_likelihood_only():
+    pc, pr = t(PC, grad=True), t(PR, grad=True)
+    logps = PairLogps(pc, pr, t(RC), t(RR), t(TOK_W), t(TOK_L))
+    L.preference_loss("sft", logps, BETA, OPTIONS).sum().backward()
+    assert (pc.grad < 0).all() and pr.grad is None or not pr.grad.any()

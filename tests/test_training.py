@@ -329,3 +329,16 @@ def test_dpo_trains_on_padded_pairs_where_the_model_cannot_pack(base_model, spli
     assert "padded batches instead" in caplog.text and not dpo.packed
     history, _ = fit(dpo.run, policy, dpo, seed=0)
     assert history[0]["train_loss"] < LOG2
+
+
+def test_a_loss_mixture_trains_and_logs_each_term(base_model, split, reference, tok):
+    """dpo.loss: [sigmoid, sft] (RPO) with weights: the logged loss is the weighted sum of the logged terms."""
+    history = train(base_model, split, reference, tok, dpo_cfg(loss=["sigmoid", "sft"], loss_weights=[1.0, 0.5],
+                                                               epochs=1))
+    epoch = history[0]
+    for split_name in ("train", "heldout"):
+        terms = epoch[f"{split_name}_loss_sigmoid"], epoch[f"{split_name}_loss_sft"]
+        assert epoch[f"{split_name}_loss"] == pytest.approx(terms[0] + 0.5 * terms[1], rel=1e-5)
+        assert terms[1] > 0  # a negative log-likelihood per token
+    single = train(base_model, split, reference, tok, dpo_cfg(epochs=1))[0]
+    assert "train_loss_sigmoid" not in single  # one loss: the log is as before

@@ -1,9 +1,10 @@
-"""Small pure-python statistics for the evaluate stage: win rates with intervals, paired gold accuracy, and how
-often the judge agrees with the gold checker. No torch; inputs are plain lists."""
+"""Small pure-python statistics for the evaluate stage: win rates with intervals (strict, ties as half, and
+length-controlled), paired gold accuracy, and how often the judge agrees with the gold checker. No torch; inputs are plain lists."""
 
 from __future__ import annotations
 
 import math
+import random
 from typing import Sequence
 
 
@@ -121,6 +122,58 @@ def judge_agreement(judge_prefers_a: Sequence[bool | None], gold_a: Sequence[boo
         "n_decisive": n_decisive,
         "judge_ties": judge_ties,
     }
+
+
+def _fit_logistic(x: list[float], y: list[float], iterations: int = 50) -> tuple[float, float]:
+    """(intercept, slope) maximising sum y log p + (1 - y) log(1 - p), p = sigmoid(a + b x), y in [0, 1] (ties as
+    0.5): Newton's method on the two parameters, with a small ridge so that separable data stays finite."""
+    a = b = 0.0
+    ridge = 1e-6 * len(x)
+    for _ in range(iterations):
+        ga = gb = haa = hab = hbb = 0.0
+        for xi, yi in zip(x, y):
+            p = 1.0 / (1.0 + math.exp(-(a + b * xi)))
+            w = p * (1.0 - p)
+            ga += yi - p
+            gb += (yi - p) * xi
+            haa += w
+            hab += w * xi
+            hbb += w * xi * xi
+        ga, gb, haa, hbb = ga - ridge * a, gb - ridge * b, haa + ridge, hbb + ridge
+        det = haa * hbb - hab * hab
+        if det <= 0:
+            break
+        da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
+        a, b = a + da, b + db
+        if abs(da) + abs(db) < 1e-10:
+            break
+    return a, b
+
+
+def length_controlled_win_rate(outcomes: Sequence[float], length_a: Sequence[int], length_b: Sequence[int],
+                               resamples: int = 1000, seed: int = 0) -> dict:
+    """AlpacaEval 2's length-controlled win rate of A against B, without its per-instruction term.
+
+    outcomes[i] is 1 (A won), 0.5 (tie) or 0 (B won). Fit P(A wins) = sigmoid(theta + phi * tanh(d_i / sd(d))),
+    d_i = length_a[i] - length_b[i], and read it at zero length difference: sigmoid(theta). What a judge gives
+    for being longer goes into phi; what is left is the preference between answers of equal length. The 95%
+    interval is a percentile bootstrap over prompts (`resamples` draws, seeded)."""
+    n = _check_lengths(outcomes=outcomes, length_a=length_a, length_b=length_b)
+    d = [a - b for a, b in zip(length_a, length_b)]
+    mean = sum(d) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / n) or 1.0
+
+    def rate(idx) -> float:
+        theta, _ = _fit_logistic([math.tanh(d[i] / sd) for i in idx], [outcomes[i] for i in idx])
+        return 1.0 / (1.0 + math.exp(-theta))
+
+    rng = random.Random(seed)
+    draws = sorted(rate([rng.randrange(n) for _ in range(n)]) for _ in range(resamples))
+    theta, phi = _fit_logistic([math.tanh(v / sd) for v in d], list(outcomes))
+    return {"lc_win_rate": 1.0 / (1.0 + math.exp(-theta)),
+            "lc_win_rate_ci95": [draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1]],
+            "lc_length_coefficient": phi,
+            "length_ratio": sum(length_a) / max(1, sum(length_b))}
 
 
 def judge_reliability(heldout: tuple[int, int], fresh: tuple[int, int] = (0, 0)) -> dict:

@@ -140,6 +140,13 @@ def kto_unpaired_loss(policy, ref, desirable, kl_estimate, beta: float, desirabl
                        undesirable_weight * (1.0 - torch.sigmoid(beta * (z - r))))
 
 
+def sft_loss(policy_chosen_avg: torch.Tensor) -> torch.Tensor:
+    """The chosen answer's negative log-likelihood per token (averaged log-probs): the term RPO adds to DPO (Pang et
+    al. 2024; TRL's loss_type "sft"), which keeps the chosen answer's likelihood from falling while the margin grows.
+    A mixture term only (dpo.loss: [sigmoid, sft]): alone it ignores the rejected answer."""
+    return -policy_chosen_avg
+
+
 # --- dispatcher ------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -168,7 +175,7 @@ class PairLogps:
         return self.policy_chosen / wt, self.policy_rejected / lt, rc, rr
 
 
-REFERENCE_FREE = {"simpo", "orpo"}
+REFERENCE_FREE = {"simpo", "orpo", "sft"}
 NEEDS_KL_ESTIMATE = {"kto"}
 UNPAIRED_LOSSES = {"kto"}  # the losses that also train on unpaired feedback (prompt, completion, label)
 
@@ -194,11 +201,31 @@ def preference_loss(name: str, logps: PairLogps, beta: float, options: Mapping) 
         return simpo_loss(*logps.averaged()[:2], beta, options["simpo_gamma"])
     if name == "orpo":
         return orpo_loss(*logps.averaged()[:2], options["orpo_lambda"])
+    if name == "sft":
+        return sft_loss(logps.averaged()[0])
     if name == "kto":
         assert logps.kl_estimate is not None, "kto needs logps.kl_estimate (from mismatched prompt/response pairs)"
         return kto_loss(*summed, logps.kl_estimate, beta, options["kto_desirable_weight"],
                         options["kto_undesirable_weight"])
     raise ValueError(f"unknown loss {name!r}")
+
+
+def loss_terms(options: Mapping) -> list[tuple[str, float]]:
+    """(name, weight) of each term of dpo.loss: one name (weight 1), or a list with dpo.loss_weights (TRL's
+    loss_type list and loss_weights; null weights: 1 each)."""
+    names = [options["loss"]] if isinstance(options["loss"], str) else list(options["loss"])
+    weights = options.get("loss_weights") or [1.0] * len(names)
+    return list(zip(names, weights))
+
+
+def mixture_loss(logps: PairLogps, beta: float, options: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pair losses (B,) of dpo.loss, sum_i w_i * loss_i over its terms (loss_terms), and each term's per-pair
+    values. A single loss is that loss, unweighted: the same tensor as preference_loss gives."""
+    terms = loss_terms(options)
+    values = {name: preference_loss(name, logps, beta, options) for name, _ in terms}
+    if len(terms) == 1:
+        return values[terms[0][0]], values
+    return sum(weight * values[name] for name, weight in terms), values
 
 
 @torch.no_grad()

@@ -65,7 +65,7 @@ def write_plot_data(metrics: dict, out: Path) -> None:
     point on the reward-vs-KL frontier (one row, so `dvc plots diff` across experiments shows one point each)."""
     _write_outcomes(out / "judge_win_tie_loss.csv", (metrics["wins"], metrics["ties"], metrics["losses"]))
     point = {k: metrics[k] for k in ("kl_dpo_sft", "reward_mean_dpo", "reward_mean_sft", "win_rate",
-                                     "win_rate_ties_half")}
+                                     "win_rate_ties_half", "lc_win_rate")}
     point["win_rate_informative"] = metrics.get("win_rate_informative", True)  # False: the judge may be guessing
     if "gold_n" in metrics:
         n = metrics["gold_n"]
@@ -84,7 +84,10 @@ def render_all(metrics: dict, rewards: dict[str, list[float]], out_dir: str) -> 
     counts = [metrics["wins"], metrics["ties"], metrics["losses"]]
     ax.bar(["DPO wins", "ties", "SFT wins"], counts, color=["tab:green", "tab:gray", "tab:red"])
     flag = "" if metrics.get("win_rate_informative", True) else "\nUNINFORMATIVE: the judge's accuracy interval includes 0.5"
-    ax.set_title(f"win rate {metrics['win_rate']:.2f} (n={metrics['n']}){flag}", fontsize=10)
+    lo, hi = metrics["lc_win_rate_ci95"]
+    ax.set_title(f"win rate {metrics['win_rate']:.2f} (n={metrics['n']}); length-controlled, ties as half "
+                 f"{metrics['lc_win_rate']:.2f} [{lo:.2f}, {hi:.2f}]\nDPO answers {metrics['length_ratio']:.2f}x "
+                 f"SFT's length (characters){flag}", fontsize=8)
     _save(fig, out / "win_tie_loss.png")
 
     fig, ax = plt.subplots(figsize=(4.5, 3))

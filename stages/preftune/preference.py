@@ -20,7 +20,8 @@ from .batching import collate, to_device
 from .errors import ConfigError
 from .formats import is_unpaired
 from .logprobs import ResponseLogprobs
-from .losses import NEEDS_KL_ESTIMATE, UNPAIRED_LOSSES, PairLogps, kto_unpaired_loss, pair_diagnostics, preference_loss
+from .losses import (NEEDS_KL_ESTIMATE, UNPAIRED_LOSSES, PairLogps, kto_unpaired_loss, loss_terms, mixture_loss,
+                     pair_diagnostics)
 from .packing import PackedPairLogprobs, pack_pairs, supports_packing
 from .pairs import encode_pairs, reference_for
 from .training import Objective
@@ -37,7 +38,7 @@ def preference_objective(run, encode, train: list[dict], heldout: list[dict], cf
     `reference` is the loaded reference file (tensors "<split>/<kind>", pairs.reference_key)."""
     if not is_unpaired(train):
         return PairObjective(run, encode, train, heldout, cfg, reference, reference_path)
-    if cfg["loss"] not in UNPAIRED_LOSSES:
+    if [name for name, _ in loss_terms(cfg)] not in [[loss] for loss in UNPAIRED_LOSSES]:
         raise ConfigError(f"params.yaml: dpo.loss: {cfg['loss']} needs preference pairs, but data.source holds "
                           f"unpaired feedback (prompt, completion, label); use dpo.loss: "
                           f"{' or '.join(sorted(UNPAIRED_LOSSES))}, or a file of pairs")
@@ -92,11 +93,14 @@ class PairObjective(Objective):
             ref_chosen, ref_rejected = sums[:b].detach(), sums[b:].detach()
         else:
             ref_chosen, ref_rejected = ref["chosen"][idx].to(device), ref["rejected"][idx].to(device)
-        kl = kl_estimate(model, seqs, ref, idx, self) if cfg["loss"] in NEEDS_KL_ESTIMATE else None
+        needs_kl = any(name in NEEDS_KL_ESTIMATE for name, _ in loss_terms(cfg))
+        kl = kl_estimate(model, seqs, ref, idx, self) if needs_kl else None
         logps = PairLogps(sums[:b], sums[b:], ref_chosen, ref_rejected, tokens[:b], tokens[b:], kl)
-        losses = preference_loss(cfg["loss"], logps, cfg["beta"], cfg)
+        losses, terms = mixture_loss(logps, cfg["beta"], cfg)
         stats = pair_diagnostics(logps, cfg["beta"])  # batch means: summed over the pairs, as `fit` adds them up
-        return losses.sum(), {k: stats[k] * b for k in PAIR_METRICS if k != "loss"}
+        # a mixture logs each term (loss_sigmoid, loss_sft), unweighted, beside the weighted sum
+        each = {f"loss_{name}": value.detach().sum() for name, value in terms.items()} if len(terms) > 1 else {}
+        return losses.sum(), {**{k: stats[k] * b for k in PAIR_METRICS if k != "loss"}, **each}
 
     def evaluate(self, model):
         """Loss and diagnostics on the held-out pairs, pair-weighted means."""
@@ -104,7 +108,7 @@ class PairObjective(Objective):
             loss, stats = self.loss(model, idx, "heldout")
             return {"loss": loss, "pairs": len(idx), **stats}
         totals = self.run.evaluate_sums(len(self.splits["heldout"][1]["chosen"]), sums)
-        return {f"heldout_{k}": totals[k] / totals["pairs"] for k in PAIR_METRICS}
+        return {f"heldout_{k}": v / totals["pairs"] for k, v in totals.items() if k != "pairs"}
 
 
 @torch.no_grad()

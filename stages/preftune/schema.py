@@ -140,6 +140,36 @@ class Weights:
 
 
 @dataclass(frozen=True)
+class Losses:
+    """dpo.loss: one loss name, or a list of distinct names (a mixture, weighted by dpo.loss_weights)."""
+
+    def problem(self, value) -> str | None:
+        if isinstance(value, str):
+            return None if value in LOSS_NAMES else f"must be one of {', '.join(LOSS_NAMES)}, or a list of them"
+        if isinstance(value, list) and value and len(set(map(str, value))) == len(value) \
+                and all(v in LOSS_NAMES + MIXTURE_ONLY for v in value):
+            return None
+        return (f"must be one of {', '.join(LOSS_NAMES)}, or a list of distinct names from them and "
+                f"{', '.join(MIXTURE_ONLY)} (RPO: [sigmoid, sft])")
+
+    def bad_values(self) -> list:
+        return ["oops", [], ["sigmoid", "sigmoid"], ["sigmoid", "oops"], 3]
+
+
+@dataclass(frozen=True)
+class NumberList:
+    each: Number
+
+    def problem(self, value) -> str | None:
+        if isinstance(value, list) and value and not any(self.each.problem(v) for v in value):
+            return None
+        return f"must be a list of numbers{self.each.range()}"
+
+    def bad_values(self) -> list:
+        return ["oops", [], [-1.0]]
+
+
+@dataclass(frozen=True)
 class Rounds:
     """online.rounds: a mapping of round names (checked in full by _online_rules, which knows the dpo keys)."""
 
@@ -161,6 +191,7 @@ def _int(low=None, high=None, **kw) -> Number:
 
 # dpo.loss: the names losses.preference_loss dispatches on (tests/test_losses.py checks that each one does).
 LOSS_NAMES = ("sigmoid", "cdpo", "robust", "hinge", "ipo", "simpo", "orpo", "kto")
+MIXTURE_ONLY = ("sft",)  # a term of a dpo.loss list only (losses.sft_loss)
 PRECISION = Text(("fp32", "bf16", "fp16"))
 SCHEDULE = Text(("constant", "cosine"))  # training.lr_schedule
 LR, DECAY, CLIP = _n(0, 1, low_open=True), _n(0), _n(0, low_open=True)
@@ -194,7 +225,7 @@ SCHEMA = {
         "max_grad_norm": CLIP, **ENGINE, "center_coef": _n(0), "agreement_prompts": _int(0), "agreement_samples": _int(1),
     },
     "dpo": {
-        "seed": Nullable(_int(0)), "loss": Text(LOSS_NAMES), "beta": _n(0), "reference": Text(("sft", "self")),
+        "seed": Nullable(_int(0)), "loss": Losses(), "loss_weights": Nullable(NumberList(_n(0))), "beta": _n(0), "reference": Text(("sft", "self")),
         "lr": LR, "epochs": _int(1), "batch_size": _int(1), "schedule": SCHEDULE,
         "warmup_steps": _int(0), "weight_decay": DECAY, "max_grad_norm": CLIP, **ENGINE, "padding_free": Flag(),
         "lora": ({"r": _int(1), "alpha": _n(0, low_open=True), "dropout": _n(0, 1, high_open=True),
@@ -244,6 +275,10 @@ def _online_rules(online: dict, dpo_spec: dict | None = None) -> list[str]:
 
 
 def _dpo_rules(dpo: dict) -> list[str]:
+    names = [dpo["loss"]] if isinstance(dpo["loss"], str) else dpo["loss"]
+    if dpo["loss_weights"] is not None and len(dpo["loss_weights"]) != len(names):
+        raise ConfigError(f"params.yaml: dpo.loss_weights: {dpo['loss_weights']} has {len(dpo['loss_weights'])} "
+                          f"weights for {len(names)} loss term(s) ({names}); give one weight per term, or null")
     if dpo["loss"] == "ipo" and dpo["beta"] == 0:
         raise ConfigError("params.yaml: dpo.beta: ipo's target margin is 1/(2 beta), so beta must be > 0")
     if dpo["beta"] == 0:
