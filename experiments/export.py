@@ -176,6 +176,14 @@ def main() -> None:
     dump(rows, OUT / f"{set_name}.json")
     ok = {r["name"]: (r["rev"] if r["name"] == "baseline" else r["name"]) for r in rows if r["status"] == "success"}
     dump(curves(ok), OUT / f"{set_name}.curves.json")
+    per_prompt = {}  # each experiment's metrics/per_prompt.json (git-tracked in its commit), for compare.py
+    for r in rows:
+        proc = subprocess.run(["git", "show", f"{r['rev']}:metrics/per_prompt.json"], capture_output=True, text=True) \
+            if r["status"] == "success" and r["name"] != "baseline" else None
+        if proc is not None and proc.returncode == 0:
+            per_prompt[r["name"]] = json.loads(proc.stdout)
+    if per_prompt:
+        dump(per_prompt, OUT / f"{set_name}.per_prompt.json")
     print(f"export: {OUT}/{set_name}.json ({len(rows) - 1} experiments, {sum(r['status'] != 'success' for r in rows)} not successful)"
           f" and {OUT}/{set_name}.curves.json")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one experiment set with DVC's own machinery and export its results table.
 #
-#   bash experiments/run.sh SET      # SET: break_it | beta_sweep | losses | seeds | all | smollm2 | online
+#   bash experiments/run.sh SET      # SET: break_it | beta_sweep | losses | seeds | all | smollm2 | online | rpo
 #
 # For each experiment of the set: `dvc exp remove <name>` (a rerun replaces the old one), then
 # `dvc exp run --queue -n <name> -S key=value ...`. Then `dvc queue start -j 2`, wait until the queue is
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1
 PY="$PWD/.venv/bin/python"
 
-usage() { echo "usage: bash experiments/run.sh break_it|beta_sweep|losses|seeds|all|smollm2|online" >&2; exit 2; }
+usage() { echo "usage: bash experiments/run.sh break_it|beta_sweep|losses|seeds|all|smollm2|online|rpo" >&2; exit 2; }
 [ $# -eq 1 ] || usage
 
 # Each line: <experiment name> [key=value ...]. Empty -S list = the baseline config, rerun as an experiment.
@@ -64,6 +64,15 @@ set_smollm2() {
        "data.sft_demos=640 data.gold_prompts=200 sft.epochs=1 sft.lr=0.0001 sft.batch_size=16 sft.warmup_steps=4" \
        "reward.epochs=2 reward.lr=0.00005 reward.agreement_prompts=50 dpo.epochs=3 evaluate.kl_samples=2"
 }
+set_rpo() {
+  # README "Mixtures": RPO ([sigmoid, sft]) against sigmoid alone on the break-hacking configuration (lr 1e-3), 3 seeds
+  # each; experiments/compare.py rpo rpo-rpo rpo-sigmoid compares them.
+  local s
+  for s in 1 2 3; do
+    echo "rpo-sigmoid-s$s dpo.lr=0.001 dpo.seed=$s"
+    echo "rpo-rpo-s$s dpo.lr=0.001 dpo.seed=$s dpo.loss=[sigmoid,sft]"
+  done
+}
 set_online() {
   # README "On-policy rounds": three rounds after the offline DPO model, labelled by the reward model and by the
   # gold checker (a verifier). Run one at a time (JOBS=1): the README quotes their stage times from the logs.
@@ -71,7 +80,7 @@ set_online() {
   echo "online-reward $r online.judge=reward"
   echo "online-gold $r online.judge=gold"
 }
-prefix_of() { case "$1" in break_it) echo break-;; beta_sweep) echo beta-;; losses) echo loss-;; seeds) echo seed-;; smollm2) echo smollm2-;; online) echo online-;; esac; }
+prefix_of() { case "$1" in break_it) echo break-;; beta_sweep) echo beta-;; losses) echo loss-;; seeds) echo seed-;; smollm2) echo smollm2-;; online) echo online-;; rpo) echo rpo-;; esac; }
 
 run_set() {
   local set="$1" start end lines name args line status
@@ -125,7 +134,7 @@ run_set() {
 }
 
 case "$1" in
-  break_it|beta_sweep|losses|seeds|smollm2|online) run_set "$1" ;;
+  break_it|beta_sweep|losses|seeds|smollm2|online|rpo) run_set "$1" ;;
   all) for s in break_it beta_sweep losses seeds; do run_set "$s"; done ;;
   *) usage ;;
 esac

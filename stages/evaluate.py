@@ -24,11 +24,13 @@ from preftune.generation import generate_answers
 from preftune.gold import is_correct
 from preftune.logprobs import sequence_logprobs
 from preftune.params import section, start_stage
-from preftune.paths import DPO, DPO_ADAPTER, EVAL_METRICS, PLOTS, REWARD, RUN_MANIFEST, SAMPLES, SFT, check_set, prepared
+from preftune.paths import (DPO, DPO_ADAPTER, EVAL_METRICS, PER_PROMPT, PLOTS, REWARD, RUN_MANIFEST, SAMPLES, SFT,
+                            check_set, prepared)
 from preftune.reward_model import evaluate_labels, evaluate_pairs, load_reward_model, score_texts
 
 log = logging.getLogger("evaluate")
 POLICIES = ("sft", "dpo")
+OUTCOME = {"a": 1.0, "tie": 0.5, "b": 0.0}  # a verdict (judge.verdict) as DPO's score: ties as half
 
 
 class Policies:
@@ -213,8 +215,7 @@ def heldout_metrics(ev: Evaluation, heldout: list[dict]) -> tuple[dict, Compared
     metrics = compared.win_rate()
     # The same verdicts with the judge's taste for length taken out (AlpacaEval 2's control), in characters: a
     # tokenizer-free length that reads the same for any model.
-    outcome = {"a": 1.0, "tie": 0.5, "b": 0.0}
-    metrics.update(judge.length_controlled_win_rate([outcome[v] for v in compared.verdicts()],
+    metrics.update(judge.length_controlled_win_rate([OUTCOME[v] for v in compared.verdicts()],
                                                     [len(a) for a in compared.answers["dpo"]],
                                                     [len(a) for a in compared.answers["sft"]], seed=ev.seed))
     metrics.update({
@@ -237,12 +238,15 @@ def validation_metrics(ev: Evaluation, validation: list[dict]) -> dict:
             **gold_summary(gold_verdicts(validation, compared), "validation_")}
 
 
-def gold_metrics(ev: Evaluation, gold: list[dict]) -> dict:
-    """The honest measure: fresh prompts, the gold checker; and how often the judge sides with it."""
+def gold_metrics(ev: Evaluation, gold: list[dict], per_prompt: dict | None = None) -> dict:
+    """The honest measure: fresh prompts, the gold checker; and how often the judge sides with it. The verdicts
+    per prompt go into `per_prompt["gold"]`."""
     if not gold:
         return {}
     compared = ev.compare([r["prompt"] for r in gold])
     correct = gold_verdicts(gold, compared)
+    if per_prompt is not None:
+        per_prompt["gold"] = {f"correct_{m}": [int(c) for c in correct[m]] for m in POLICIES}
     paired = judge.paired_difference(correct["dpo"], correct["sft"])
     prefers = [None if v == "tie" else v == "a" for v in (judge.verdict(d, s) for d, s in
                                                           zip(compared.rewards["dpo"], compared.rewards["sft"]))]
@@ -318,12 +322,16 @@ def main() -> None:
     if all("correct" in r for r in heldout):  # the gold checker's verdict on the same held-out answers
         metrics.update(gold_summary(gold_verdicts(heldout, compared), "heldout_"))
     metrics.update(validation_metrics(ev, data.read_optional_jsonl(check_set("validation"))))
-    metrics.update(gold_metrics(ev, data.read_optional_jsonl(check_set("gold"))))
+    # Per prompt, what the summaries above count: experiments/compare.py bootstraps over prompts and seeds with it.
+    per_prompt = {"heldout": {"outcome": [OUTCOME[v] for v in compared.verdicts()],
+                              **{f"length_{m}": [len(a) for a in compared.answers[m]] for m in POLICIES}}}
+    metrics.update(gold_metrics(ev, data.read_optional_jsonl(check_set("gold")), per_prompt))
     metrics["prompts_truncated"] = ev.prompts_truncated
     metrics["sequences_truncated"] = ev.encode.truncated
     metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
 
     data.write_json(EVAL_METRICS, metrics)
+    data.write_json(PER_PROMPT, per_prompt)
     write_manifest(metrics)
     write_samples(heldout, compared)
     plots.render_all(metrics, compared.rewards, PLOTS)

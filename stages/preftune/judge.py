@@ -150,6 +150,16 @@ def _fit_logistic(x: list[float], y: list[float], iterations: int = 50) -> tuple
     return a, b
 
 
+def length_controlled_rate(outcomes: Sequence[float], length_diffs: Sequence[float]) -> float:
+    """sigmoid(theta) of the fit P(A wins) = sigmoid(theta + phi * tanh(d / sd(d))), d = A's length - B's, ties
+    as 0.5: the rate read at zero length difference."""
+    n = len(length_diffs)
+    mean = sum(length_diffs) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in length_diffs) / n) or 1.0
+    theta, _ = _fit_logistic([math.tanh(v / sd) for v in length_diffs], list(outcomes))
+    return 1.0 / (1.0 + math.exp(-theta))
+
+
 def length_controlled_win_rate(outcomes: Sequence[float], length_a: Sequence[int], length_b: Sequence[int],
                                resamples: int = 1000, seed: int = 0) -> dict:
     """AlpacaEval 2's length-controlled win rate of A against B, without its per-instruction term.
@@ -160,17 +170,16 @@ def length_controlled_win_rate(outcomes: Sequence[float], length_a: Sequence[int
     interval is a percentile bootstrap over prompts (`resamples` draws, seeded)."""
     n = _check_lengths(outcomes=outcomes, length_a=length_a, length_b=length_b)
     d = [a - b for a, b in zip(length_a, length_b)]
+    rng = random.Random(seed)
+    draws = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        draws.append(length_controlled_rate([outcomes[i] for i in idx], [d[i] for i in idx]))
+    draws.sort()
     mean = sum(d) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in d) / n) or 1.0
-
-    def rate(idx) -> float:
-        theta, _ = _fit_logistic([math.tanh(d[i] / sd) for i in idx], [outcomes[i] for i in idx])
-        return 1.0 / (1.0 + math.exp(-theta))
-
-    rng = random.Random(seed)
-    draws = sorted(rate([rng.randrange(n) for _ in range(n)]) for _ in range(resamples))
-    theta, phi = _fit_logistic([math.tanh(v / sd) for v in d], list(outcomes))
-    return {"lc_win_rate": 1.0 / (1.0 + math.exp(-theta)),
+    _, phi = _fit_logistic([math.tanh(v / sd) for v in d], list(outcomes))
+    return {"lc_win_rate": length_controlled_rate(outcomes, d),
             "lc_win_rate_ci95": [draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1]],
             "lc_length_coefficient": phi,
             "length_ratio": sum(length_a) / max(1, sum(length_b))}

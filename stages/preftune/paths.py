@@ -15,6 +15,7 @@ PREPARE_METRICS = f"{METRICS}/prepare.json"
 EVAL_METRICS = f"{METRICS}/eval.json"
 RUN_MANIFEST = f"{METRICS}/manifest.json"  # the lab's run manifest: what was trained and how it did
 SAMPLES = f"{METRICS}/samples.csv"
+PER_PROMPT = f"{METRICS}/per_prompt.json"  # evaluate's verdicts per prompt, for comparisons over prompts and seeds
 PLOTS = f"{METRICS}/plots"
 
 
