@@ -63,8 +63,9 @@ def measures(a: list[dict], b: list[dict], gold_idx: list[int], heldout_idx: lis
     }
 
 
-def compare(set_name: str, prefix_a: str, prefix_b: str, draws: int = DRAWS, seed: int = 0) -> list[dict]:
-    per_prompt = json.loads((RESULTS / f"{set_name}.per_prompt.json").read_text())
+def compare(set_name: str, prefix_a: str, prefix_b: str, draws: int = DRAWS, seed: int = 0,
+            results: Path = RESULTS) -> list[dict]:
+    per_prompt = json.loads((results / f"{set_name}.per_prompt.json").read_text())
     runs_a, runs_b = runs_by_seed(per_prompt, prefix_a), runs_by_seed(per_prompt, prefix_b)
     seeds = sorted(set(runs_a) & set(runs_b), key=int)
     if len(seeds) < 2:

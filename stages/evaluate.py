@@ -24,8 +24,8 @@ from preftune.generation import generate_answers
 from preftune.gold import is_correct
 from preftune.logprobs import sequence_logprobs
 from preftune.params import section, start_stage
-from preftune.paths import (DPO, DPO_ADAPTER, EVAL_METRICS, PER_PROMPT, PLOTS, REWARD, RUN_MANIFEST, SAMPLES, SFT,
-                            check_set, prepared)
+from preftune.paths import (DPO, DPO_ADAPTER, EVAL_METRICS, HEADLINE, PER_PROMPT, PLOTS, REWARD, RUN_MANIFEST, SAMPLES,
+                            SFT, check_set, prepared)
 from preftune.reward_model import evaluate_labels, evaluate_pairs, load_reward_model, score_texts
 
 log = logging.getLogger("evaluate")
@@ -286,6 +286,21 @@ def write_manifest(metrics: dict) -> None:
                                        "gold_accuracy_dpo")}})
 
 
+def headline(metrics: dict) -> dict:
+    """The few numbers that decide a comparison, short-named so that `dvc metrics show metrics/headline.json` fits
+    80 columns: the strict and length-controlled win rates with their 95% intervals (as text: "lo-hi"), DPO's gold
+    accuracy (built-in task; null elsewhere), the judge's accuracy (fresh pairs when there are any) and the KL."""
+    def span(ci) -> str:
+        return f"{ci[0]:.2f}-{ci[1]:.2f}"
+
+    fresh = bool(metrics["judge_pairs_fresh"])
+    return {"win": round(metrics["win_rate"], 3), "win_ci": span(metrics["win_rate_ci95"]),
+            "lc": round(metrics["lc_win_rate"], 3), "lc_ci": span(metrics["lc_win_rate_ci95"]),
+            "gold": metrics.get("gold_accuracy_dpo"),
+            "judge": round(metrics["judge_accuracy_fresh" if fresh else "judge_accuracy"], 3),
+            "kl": round(metrics["kl_dpo_sft"], 3)}
+
+
 def log_summary(metrics: dict) -> None:
     fresh = bool(metrics["judge_pairs_fresh"])
     which = "judge_accuracy_fresh" if fresh else "judge_accuracy"
@@ -331,6 +346,7 @@ def main() -> None:
     metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
 
     data.write_json(EVAL_METRICS, metrics)
+    data.write_json(HEADLINE, headline(metrics))
     data.write_json(PER_PROMPT, per_prompt)
     write_manifest(metrics)
     write_samples(heldout, compared)

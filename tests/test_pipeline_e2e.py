@@ -97,6 +97,13 @@ def test_full_run_outputs(pipeline):
     assert evaluation["win_rate_informative"] == (lo > 0.5)
     assert sum(evaluation[f"heldout_gold_{k}"] for k in ("wins", "ties", "losses")) == 10
     assert sum(evaluation[f"validation_{k}"] for k in ("wins", "ties", "losses")) == TINY["data"]["validation_prompts"]
+    # The headline: the deciding numbers, readable in an 80-column terminal
+    headline = json.loads((repo / "metrics" / "headline.json").read_text())
+    assert headline["win"] == round(evaluation["win_rate"], 3) and headline["gold"] == evaluation["gold_accuracy_dpo"]
+    shown = dvc("metrics", "show", "metrics/headline.json", cwd=repo).stdout
+    assert "win_ci" in shown and max(map(len, shown.splitlines())) <= 80, shown
+    lo, hi = evaluation["lc_win_rate_ci95"]
+    assert lo <= evaluation["lc_win_rate"] <= hi and evaluation["length_ratio"] > 0
     manifest = json.loads((repo / "metrics" / "manifest.json").read_text())
     assert {"seed", "beta", "lr", "epochs", "win_rate"} <= set(manifest)
     assert manifest["win_rate"] == evaluation["win_rate"] and manifest["beta"] == TINY["dpo"]["beta"]

@@ -13,6 +13,7 @@ CHECKPOINTS = "checkpoints"  # checkpoints/<stage>/<inputs key>/: git- and dvc-i
 METRICS = "metrics"
 PREPARE_METRICS = f"{METRICS}/prepare.json"
 EVAL_METRICS = f"{METRICS}/eval.json"
+HEADLINE = f"{METRICS}/headline.json"  # evaluate's few deciding numbers: `dvc metrics show metrics/headline.json`
 RUN_MANIFEST = f"{METRICS}/manifest.json"  # the lab's run manifest: what was trained and how it did
 SAMPLES = f"{METRICS}/samples.csv"
 PER_PROMPT = f"{METRICS}/per_prompt.json"  # evaluate's verdicts per prompt, for comparisons over prompts and seeds
