@@ -23,7 +23,7 @@ def main() -> None:
     objective = preference_objective(run, encode, data.read_jsonl(prepared("train")),
                                      data.read_jsonl(prepared("heldout")), cfg, load_file(REFERENCE), REFERENCE)
     train_and_save(run, cfg, seed, objective, tokenizer, encode, start=SFT, out=DPO,
-                   lives=(live("dpo"), live("dpo_steps")))
+                   lives=(live("dpo"), live("dpo_steps")), card=(params, "dpo", prepared("train")))
     run.end()
 
 

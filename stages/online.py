@@ -125,7 +125,7 @@ def main() -> None:
     rows = data.read_jsonl(pairs_path)
     objective = preference_objective(run, encode, rows, heldout, cfg, load_file(reference_path), reference_path)
     train_and_save(run, cfg, seed, objective, tokenizer, encode, start=policy_dir(start), out=policy_dir(name),
-                   lives=(str(metrics / "training"),))
+                   lives=(str(metrics / "training"),), card=(params, f"online.rounds.{name}", str(pairs_path)))
     log.info("round %s: trained in %.0f s (%.0f s in all)", name, time.perf_counter() - trained_from,
              time.perf_counter() - started)
     if run.is_main:

@@ -6,6 +6,7 @@ import logging
 
 from preftune import data, modeling
 from preftune.batching import Encoder
+from preftune.cards import write_model_card
 from preftune.errors import exit_on_user_error
 from preftune.paths import REWARD, SFT, check_set, live, prepared
 from preftune.reward_model import gold_agreement, load_reward_model
@@ -33,6 +34,7 @@ def main() -> None:
     run.save_pretrained(trained, REWARD)
     if run.is_main:
         tokenizer.save_pretrained(REWARD)
+        write_model_card(REWARD, "reward", params, cfg, "reward", SFT, prepared("train"))
         gold = data.read_optional_jsonl(check_set("gold"))  # the built-in task's gold prompts; none for user data
         if gold:
             model = load_reward_model(REWARD).to(run.device) if run.sharded else model

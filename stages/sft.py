@@ -7,6 +7,7 @@ import logging
 
 from preftune import data, modeling
 from preftune.batching import Encoder
+from preftune.cards import write_model_card
 from preftune.errors import exit_on_user_error
 from preftune.generation import generate_answers, gold_accuracy
 from preftune.paths import SFT, TOKENIZER, check_set, live, prepared
@@ -44,6 +45,7 @@ def main() -> None:
         if cfg["epochs"] == 0:
             model.to(run.device).save_pretrained(SFT)
         tokenizer.save_pretrained(SFT)
+        write_model_card(SFT, "sft", params, cfg, "sft", model_cfg["base"], prepared("sft"))
         # The saved model, reloaded: what every later stage sees, whatever engine trained it.
         model = modeling.load_causal_lm(SFT).to(run.device) if run.sharded else model
         gold = data.read_optional_jsonl(check_set("gold"))  # the built-in task's gold prompts; none for user data

@@ -112,6 +112,8 @@ def test_full_run_outputs(pipeline):
     assert (prepared["validation_prompts"], prepared["judge_pairs"]) == (20, 40)
     for out in ("models/sft", "models/reward", "models/dpo", "data/reference", "metrics/samples.csv"):
         assert (repo / out).exists(), out
+    for model in ("sft", "reward", "dpo"):  # each carries a model card (cards.py)
+        assert (repo / "models" / model / "README.md").read_text().startswith("---\nlibrary_name: transformers\n")
     assert_git_clean(repo)
 
 

@@ -8,16 +8,18 @@ import logging
 import torch
 
 from . import data, modeling
+from .cards import write_model_card
 from .training import enable_checkpointing, fit
 
 log = logging.getLogger("dpo")
 
 
 def train_and_save(run, cfg: dict, seed: int, objective, tokenizer, encode, start: str, out: str,
-                   lives: tuple[str, ...]) -> None:
+                   lives: tuple[str, ...], card: tuple[dict, str, str]) -> None:
     """Train a policy initialised from the model in `start` (models/sft; an on-policy round's previous policy)
     on `objective`, and save `out`: the merged model, its tokenizer and manifest.json, and the adapter in
-    `out`/adapter. `lives`: the DVCLive folders of the epoch log and (optionally) the per-step log."""
+    `out`/adapter. `lives`: the DVCLive folders of the epoch log and (optionally) the per-step log; `card`: (params,
+    the params section the settings come from, the training data file) for the model card (cards.py)."""
     policy = modeling.load_causal_lm(start)
     modeling.disable_dropout(policy)  # dropout would make the policy differ from the reference at step 0
     if cfg["gradient_checkpointing"]:
@@ -43,6 +45,8 @@ def train_and_save(run, cfg: dict, seed: int, objective, tokenizer, encode, star
         # or was rounded to bf16.
         base = modeling.load_causal_lm(start) if run.sharded or base_in_bf16 else None
         write_merged_model_and_manifest(run, policy, base, tokenizer, cfg, seed, history[-1], encode.stats(), out)
+        params, section, data_file = card
+        write_model_card(out, "dpo", params, cfg, section, start, data_file)
 
 
 def write_merged_model_and_manifest(run, policy, base, tokenizer, cfg: dict, seed: int, final: dict,
