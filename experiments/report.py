@@ -727,6 +727,26 @@ def baseline_note(tables) -> str:
 
 # --- page ----------------------------------------------------------------------------------------------------
 
+# (set, A, B, what it asks): experiments/compare.py's paired bootstrap over prompts and seeds, for each set exported
+COMPARISONS = (("rpo", "rpo-rpo", "rpo-sigmoid",
+                "RPO (`dpo.loss: [sigmoid, sft]`) against sigmoid alone on the break-hacking configuration (lr 1e-3)"),)
+
+
+def comparisons_section() -> list[str]:
+    import compare
+
+    found = [(c, compare.compare(*c[:3])) for c in COMPARISONS if (RESULTS / f"{c[0]}.per_prompt.json").exists()]
+    if not found:
+        return []
+    md = ["## Paired comparisons over seeds", "",
+          "`python experiments/compare.py SET A B`: runs paired by seed and by prompt, 95% intervals from a bootstrap "
+          "that resamples both (see its docstring).", ""]
+    for (set_name, a, b, what), result in found:
+        md += [f"### {what}", "", f"`python experiments/compare.py {set_name} {a} {b}`", "",
+               compare.markdown(result, a, b), ""]
+    return md
+
+
 def main() -> None:
     tables, curves = load()
     FIGS.mkdir(parents=True, exist_ok=True)
@@ -844,6 +864,7 @@ def main() -> None:
             if betas:
                 text += frontier_comparison(tables, betas)
             md += [text, ""]
+    md += comparisons_section()
     (DOCS / "experiments.md").write_text("\n".join(md).rstrip() + "\n")
     print(f"report: wrote {DOCS / 'experiments.md'} and {len(list(FIGS.glob('*.png')))} PNGs in {FIGS}")
 

