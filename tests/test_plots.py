@@ -78,7 +78,7 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_plot_data_for_win_tie_loss_and_frontier(tmp_path):
     metrics = {"wins": 14, "ties": 36, "losses": 0, "n": 50, "win_rate": 0.28, "win_rate_ties_half": 0.64,
-               "kl_dpo_sft": 0.190858, "reward_mean_dpo": 0.745247, "reward_mean_sft": 0.156319,
+               "lc_win_rate": 0.61, "kl_dpo_sft": 0.190858, "reward_mean_dpo": 0.745247, "reward_mean_sft": 0.156319,
                "gold_n": 500, "gold_win_rate": 0.202, "gold_loss_rate": 0.02,
                "gold_accuracy_dpo": 0.478, "gold_accuracy_sft": 0.296, "win_rate_informative": False}
     plots.write_plot_data(metrics, tmp_path)
@@ -90,13 +90,14 @@ def test_plot_data_for_win_tie_loss_and_frontier(tmp_path):
         [("DPO wins", 0.202, 101), ("tie", 0.778, 389), ("SFT wins", 0.02, 10)]
     frontier = json.loads((tmp_path / "frontier.json").read_text())
     assert frontier == [{"kl_dpo_sft": 0.190858, "reward_mean_dpo": 0.745247, "reward_mean_sft": 0.156319,
-                         "win_rate": 0.28, "win_rate_ties_half": 0.64, "win_rate_informative": False,
+                         "win_rate": 0.28, "win_rate_ties_half": 0.64, "lc_win_rate": 0.61,
+                         "win_rate_informative": False,
                          "gold_accuracy_dpo": 0.478, "gold_accuracy_sft": 0.296}]
 
 
 def test_plot_data_without_a_gold_checker(tmp_path):
     metrics = {"wins": 1, "ties": 0, "losses": 3, "n": 4, "win_rate": 0.25, "win_rate_ties_half": 0.25,
-               "kl_dpo_sft": 0.5, "reward_mean_dpo": 0.1, "reward_mean_sft": 0.2}
+               "lc_win_rate": 0.2, "kl_dpo_sft": 0.5, "reward_mean_dpo": 0.1, "reward_mean_sft": 0.2}
     plots.write_plot_data(metrics, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frontier.json", "judge_win_tie_loss.csv"]
     assert "gold_accuracy_dpo" not in json.loads((tmp_path / "frontier.json").read_text())[0]
