@@ -728,8 +728,9 @@ def baseline_note(tables) -> str:
 # --- page ----------------------------------------------------------------------------------------------------
 
 # (set, A, B, what it asks): experiments/compare.py's paired bootstrap over prompts and seeds, for each set exported
-COMPARISONS = (("rpo", "rpo-rpo", "rpo-sigmoid",
-                "RPO (`dpo.loss: [sigmoid, sft]`) against sigmoid alone on the break-hacking configuration (lr 1e-3)"),)
+COMPARISONS = (("seeds", "seed-orpo", "seed-sigmoid", "The two best losses of the losses set, over seeds 1-3"),
+               ("rpo", "rpo-rpo", "rpo-sigmoid",
+                "RPO (`dpo.loss: [sigmoid, sft]`) against sigmoid alone on the break-hacking configuration (lr 1e-3)"))
 
 
 def comparisons_section() -> list[str]:
