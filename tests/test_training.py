@@ -16,7 +16,10 @@ from preftune import modeling, schema
 from preftune.batching import Encoder, Sequence, collate
 from preftune.errors import ConfigError
 from preftune.logprobs import ResponseLogprobs
-from preftune.packing import PackedPairLogprobs, pack_pairs, shared_prefix, supports_packing
+from preftune import packing
+from preftune.errors import UserError
+from preftune.packing import (PACKING_PROVED, PackedPairLogprobs, check_packed_equals_padded, pack_pairs, shared_prefix,
+                              supports_packing)
 from preftune.pairs import encode_pairs, logprobs_of, reference_key
 from preftune.preference import PairObjective, preference_objective
 from preftune.reward_model import evaluate_pairs, load_reward_model, score_texts
@@ -270,6 +273,32 @@ def tiny_llama():
                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0))
 
 
+def tiny_qwen2():
+    """Qwen2's attention has biases on q/k/v, and grouped-query attention."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0))
+
+
+def tiny_lfm2():
+    """A hybrid: short convolutions along the sequence between attention layers (state that crosses segments)."""
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+    torch.manual_seed(0)
+    model = Lfm2ForCausalLM(Lfm2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
+                                       layer_types=["conv", "full_attention"]))
+    for p in model.parameters():  # weights at a trained model's scale: at init's 0.02 the convolution barely matters
+        if p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+# One builder per architecture in PACKING_PROVED (the GPT-2 is conftest's base_model): packing is allowed only where
+# this file proves it.
+TINY_MODELS = {"llama": tiny_llama, "qwen2": tiny_qwen2}
+
+
 def awkward_pairs(vocab: int, n: int = 6):
     """Pairs of different lengths whose answers share a first token or two; one rejected answer is the start of its
     chosen one (the shared prefix is then the whole rejected sequence), one prompt is a single token."""
@@ -284,11 +313,15 @@ def awkward_pairs(vocab: int, n: int = 6):
     return chosen, rejected
 
 
-@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_every_architecture_allowed_to_pack_has_its_equality_test():
+    assert set(PACKING_PROVED) == {"gpt2", *TINY_MODELS}
+
+
+@pytest.mark.parametrize("architecture", PACKING_PROVED)
 def test_packed_pairs_give_the_padded_log_probs_and_gradients(base_model, architecture):
     """A packed batch (no padding, each shared prefix run once) against the same pairs padded: summed log-probs,
     token counts and every LoRA gradient agree within fp32 rounding."""
-    model = copy.deepcopy(base_model) if architecture == "gpt2" else tiny_llama()
+    model = copy.deepcopy(base_model) if architecture == "gpt2" else TINY_MODELS[architecture]()
     model.eval()
     policy = modeling.attach_lora(model, 4, 8, 0.0, ["c_attn", "c_proj"] if architecture == "gpt2" else "all-linear")
     for name, p in policy.named_parameters():
@@ -329,6 +362,33 @@ def test_dpo_trains_on_padded_pairs_where_the_model_cannot_pack(base_model, spli
     assert "padded batches instead" in caplog.text and not dpo.packed
     history, _ = fit(dpo.run, policy, dpo, seed=0)
     assert history[0]["train_loss"] < LOG2
+
+
+def test_an_architecture_not_proved_pads_and_says_so():
+    """Lfm2 takes a pluggable attention and runs SDPA, so no attention setting refuses it; its convolution layers
+    would carry state across the segments of a packed row (log-probs tenths of a nat apart). It pads."""
+    model = tiny_lfm2().eval()
+    assert "proved equal to padded batches only for gpt2, llama, qwen2, and this model is lfm2" in \
+        supports_packing(model)
+    chosen, rejected = awkward_pairs(97)
+    with pytest.raises(UserError, match="set dpo.padding_free: false"):  # what packing would have done to it
+        check_packed_equals_padded(PackedPairLogprobs(model), chosen[1:3], rejected[1:3], 0, CPU, "fp32")
+
+
+def test_the_first_packed_batch_stops_a_model_that_ignores_the_segments(base_model, split, reference, tok,
+                                                                         monkeypatch):
+    """An attention that runs the packed row as one causal sequence (a model that dropped the segment kwargs)
+    passes supports_packing; the check on the first batch stops the run in one line before any step."""
+    def one_causal_row(module, query, key, value, attention_mask, segments=None, **kwargs):
+        return original(module, query, key, value, attention_mask, segments=None, **kwargs)
+    original = packing.pair_attention
+    monkeypatch.setattr(packing, "pair_attention", one_causal_row)
+    policy = lora_policy(base_model)
+    dpo = objective(split, reference, tok, dpo_cfg(epochs=1))
+    before = {n: p.clone() for n, p in policy.named_parameters() if p.requires_grad}
+    with pytest.raises(UserError, match=r"packed pairs give other log-probs than padded ones on this model \("):
+        fit(dpo.run, policy, dpo, seed=0)
+    assert dpo.packed and all(torch.equal(p, before[n]) for n, p in policy.named_parameters() if p.requires_grad)
 
 
 def test_a_loss_mixture_trains_and_logs_each_term(base_model, split, reference, tok):

@@ -16,6 +16,13 @@ did. One difference is not rounding: LoRA dropout draws one mask for the shared 
 The segments reach the attention through the model's forward kwargs; `PAIR_ATTENTION` is an attention
 implementation registered with transformers that reads them, and runs plain SDPA (the model's own default) when a
 batch has none, so padded batches (held-out metrics, KTO's KL estimate) go through it unchanged.
+
+Packing is used by proof, not by exclusion: only on the architectures in `PACKING_PROVED`, each of which
+tests/test_training.py shows equal to padded batches. A layer that carries state along the sequence (a mamba or
+convolution block in a hybrid model) would run across the segments of a packed row, and no attention setting
+shows that. And at the first packed batch of a run the first pairs run packed and padded once
+(`check_packed_equals_padded`), so a model that ignores the segments stops the run instead of training on one
+causal row.
 """
 
 from __future__ import annotations
@@ -25,12 +32,20 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from .batching import Sequence
+from .batching import Sequence, collate, to_device
+from .errors import UserError
 from .logprobs import ResponseLogprobs, accepts_logits_to_keep, response_logps, unwrapped
 
 log = logging.getLogger("dpo")
 
 PAIR_ATTENTION = "preftune_pair_segments"
+# config.model_type of the architectures whose packed log-probs and gradients tests/test_training.py has shown
+# equal to padded ones (one test each, test_packed_pairs_give_the_padded_log_probs_and_gradients). SmolLM2,
+# TinyLlama and Llama 2/3 are "llama"; Qwen2 and Qwen2.5 are "qwen2".
+PACKING_PROVED = ("gpt2", "llama", "qwen2")
+# The first-batch check: packed and padded log-probs of a sequence may differ by float rounding only, this much
+# per scored token (bf16 autocast rounds at about 4e-3 relative; a missed segment moves log-probs by tenths).
+CHECK_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 2e-2}
 
 
 def shared_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -115,9 +130,12 @@ def _register() -> None:
 
 
 def supports_packing(model) -> str | None:
-    """None when `model` can run packed pairs; else why not (the attention it uses, or its architecture)."""
+    """None when `model` can run packed pairs; else why not (its architecture, or the attention it uses)."""
     core = unwrapped(model)
     config = core.config
+    if config.model_type not in PACKING_PROVED:
+        return (f"packing is proved equal to padded batches only for {', '.join(PACKING_PROVED)}, and this model is "
+                f"{config.model_type}")
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return "it uses sliding-window attention"
     if getattr(config, "attn_logit_softcapping", None):
@@ -127,6 +145,28 @@ def supports_packing(model) -> str | None:
     if config._attn_implementation not in ("sdpa", PAIR_ATTENTION):
         return f"it runs {config._attn_implementation} attention, not sdpa"
     return None
+
+
+@torch.no_grad()
+def check_packed_equals_padded(model, chosen: list[Sequence], rejected: list[Sequence], pad_id: int, device,
+                               precision: str) -> None:
+    """Run pairs (chosen[i], rejected[i]) packed and padded through `model` (a PackedPairLogprobs, or the wrapper
+    around one) in eval mode, which draws no dropout bits, and stop with one line if a sequence's log-prob differs
+    by more than rounding. Meant for the first packed batch of a run, on two pairs: the second pair shows whether
+    the attention kept the first one out."""
+    training = model.training
+    model.eval()
+    try:
+        packed, _ = model(**to_device(pack_pairs(chosen, rejected), device))
+        padded, tokens = model(**to_device(collate(chosen + rejected, pad_id), device))
+    finally:
+        model.train(training)
+    gap = ((packed.float() - padded.float()).abs() / tokens.clamp(min=1)).max().item()
+    if not gap <= CHECK_TOLERANCE[precision]:  # also catches NaN
+        raise UserError(f"dpo.padding_free: packed pairs give other log-probs than padded ones on this model "
+                        f"({gap:.3g} nats per token apart, more than rounding); set dpo.padding_free: false")
+    log.info("dpo.padding_free: packed pairs checked against padded ones on the first batch (%.2g nats per token "
+             "apart)", gap)
 
 
 class PackedPairLogprobs(ResponseLogprobs):

@@ -22,7 +22,7 @@ from .formats import is_unpaired
 from .logprobs import ResponseLogprobs
 from .losses import (NEEDS_KL_ESTIMATE, UNPAIRED_LOSSES, PairLogps, kto_unpaired_loss, loss_terms, mixture_loss,
                      pair_diagnostics)
-from .packing import PackedPairLogprobs, pack_pairs, supports_packing
+from .packing import PackedPairLogprobs, check_packed_equals_padded, pack_pairs, supports_packing
 from .pairs import encode_pairs, reference_for
 from .training import Objective
 
@@ -72,6 +72,7 @@ class PairObjective(Objective):
         self.lengths = [len(c.ids) + len(r.ids) for c, r in zip(seqs["chosen"], seqs["rejected"])]
 
     packed = False
+    packing_checked = False
 
     def wrap(self, model):
         """The module whose forward gives summed response log-probs and token counts per sequence: on packed
@@ -87,6 +88,9 @@ class PairObjective(Objective):
     def loss(self, model, idx, split="train"):
         (seqs, ref), cfg, device, b = self.splits[split], self.cfg, self.run.device, len(idx)
         chosen, rejected = [seqs["chosen"][i] for i in idx], [seqs["rejected"][i] for i in idx]
+        if self.packed and not self.packing_checked:
+            check_packed_equals_padded(model, chosen[:2], rejected[:2], self.pad, device, cfg["precision"])
+            self.packing_checked = True
         batch = pack_pairs(chosen, rejected) if self.packed else collate(chosen + rejected, self.pad)
         sums, tokens = model(**to_device(batch, device))
         if cfg["reference"] == "self":  # the lab's exercise: the policy is its own (moving) reference
