@@ -83,9 +83,10 @@ def main() -> None:
           f"{', activation checkpointing in reward and dpo' if args.checkpointing else ''}\n")
     print(f"- rows read {prepared['rows_read']}, duplicates dropped {prepared['duplicates_dropped']}, "
           f"kept {prepared['pairs']['train']} train + {prepared['pairs']['heldout']} held-out pairs, dropped "
-          f"{length['dropped_answer_too_long'] + length['dropped_nothing_left']}")
+          f"{length['dropped_answer_too_long'] + length['dropped_nothing_left'] + length['dropped_identical_after_cut']}")
     print(f"- cut: {length['rows_cut']} rows; {length['prompts_cut']} prompts lost {length['prompt_tokens_removed']} "
-          f"tokens ({length['prompt_turns_dropped']} by dropping old turns); {length['chosen_cut']} chosen answers lost "
+          f"tokens ({length['prompt_turns_dropped']} old turns dropped, {length['prompts_cut_in_last_turn']} cut "
+          f"inside the last user turn); {length['chosen_cut']} chosen answers lost "
           f"{length['chosen_tokens_removed']}, {length['rejected_cut']} rejected lost {length['rejected_tokens_removed']}")
     print(f"- truncated by a later stage: reference {read('data/reference/encoding.json')['truncated']}, reward "
           f"{read('metrics/reward/metrics.json')['truncated']}, dpo {read('models/dpo/manifest.json')['encoding']['truncated']}, "

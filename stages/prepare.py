@@ -171,12 +171,17 @@ def main() -> None:
     data.write_json(PREPARE_METRICS, metrics)
     answers = formats.answer_fields(rows[0])
     log.info("%d rows read, %d duplicates dropped; fitted to %d tokens (prompts up to %d, truncation: %s): "
-             "%d rows cut (%d prompts lost %d tokens, %d by dropping old turns; %s), %d dropped",
+             "%d rows cut (%d prompts lost %d tokens: %d old turns dropped, %d cut inside an earlier turn, %d inside "
+             "the last user turn, %d as text; %s), %d dropped (%d answer too long, %d nothing left, %d identical "
+             "after the cut)",
              n_read, duplicates, max_length, max_prompt, cfg["truncation"], lengths["rows_cut"],
              lengths["prompts_cut"], lengths["prompt_tokens_removed"], lengths["prompt_turns_dropped"],
+             lengths["prompts_cut_in_earlier_turn"], lengths["prompts_cut_in_last_turn"],
+             lengths["prompts_cut_as_text"],
              ", ".join(f"{lengths[f + '_cut']} {f} answers lost {lengths[f + '_tokens_removed']} tokens"
                        for f in answers),
-             lengths["dropped_answer_too_long"] + lengths["dropped_nothing_left"])
+             sum(lengths[k] for k in ("dropped_answer_too_long", "dropped_nothing_left", "dropped_identical_after_cut")),
+             lengths["dropped_answer_too_long"], lengths["dropped_nothing_left"], lengths["dropped_identical_after_cut"])
     log.info("%d train / %d held-out %s%s, %d SFT demonstrations%s; %d labels swapped", len(train), len(heldout),
              unit, " (unpaired feedback: train it with dpo.loss: kto)" if unpaired else "", len(sft),
              "".join(f", {len(r)} {n} {'pairs' if n == 'judge' else 'prompts'}" for n, r in checks.items()),

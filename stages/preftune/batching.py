@@ -41,8 +41,10 @@ class Encoder:
     prefix of it (the usual case, exactly what generation will see); otherwise we concatenate the
     two tokenizations and count the row in `boundary_merges`.
 
-    A response ends in EOS unless prepare cut it (`eos=False`: a cut answer must not teach the model to stop
-    there). `prepare` fits every row with this same class (budget.py), so on prepared data nothing is cut here;
+    A response ends in EOS once, unless prepare cut it (`eos=False`: a cut answer must not teach the model to
+    stop there): an answer rendered by a chat template that closes turns with EOS already ends with it
+    (modeling.chat_renderer), and gets no second one; a generated answer, which stops at EOS, then encodes to
+    the same ids. `prepare` fits every row with this same class (budget.py), so on prepared data nothing is cut here;
     a sequence still too long (a foreign file, a generated answer) loses prompt tokens from the left first, then
     response tokens from the right, and is counted in `truncated`.
     """
@@ -65,15 +67,19 @@ class Encoder:
             return prompt_ids, full[len(prompt_ids):], False
         return prompt_ids, self.tokenizer(response, add_special_tokens=False)["input_ids"], True
 
+    def end(self, response_ids: list[int], eos: bool) -> list[int]:
+        """What follows the response: EOS, unless the answer is cut or already ends with it."""
+        return [self.eos] if eos and response_ids[-1:] != [self.eos] else []
+
     def length(self, prompt: str, response: str, eos: bool = True) -> int:
         """Tokens of the encoded sequence before any cut (what must fit max_length)."""
         prompt_ids, response_ids, _ = self.split_ids(prompt, response)
-        return len(prompt_ids) + len(response_ids) + eos
+        return len(prompt_ids) + len(response_ids) + len(self.end(response_ids, eos))
 
     def __call__(self, prompt: str, response: str, eos: bool = True, count: bool = True) -> Sequence:
         """`count=False` leaves the counters alone (KTO's mismatched prompt/answer sequences, which no one fitted)."""
         prompt_ids, response_ids, merged = self.split_ids(prompt, response)
-        end = [self.eos] if eos else []
+        end = self.end(response_ids, eos)
         overflow = len(prompt_ids) + len(response_ids) + len(end) - self.max_length
         if count:
             self.boundary_merges += merged

@@ -5,16 +5,20 @@ A row is a prompt and its answers (chosen and rejected, or one unpaired completi
 A row that fits is left alone. Otherwise, as TRL and LLaMA-Factory do, it is cut rather than dropped
 (`data.truncation: truncate`, the default):
 
-- the prompt keeps its end, the part the answer follows: a conversation loses its oldest turns first (the
-  system message stays, and so does the last user turn), then tokens from the left. It may keep
-  `max_prompt_length` tokens, or more when the answers leave room (max_length minus the longer answer);
+- the prompt keeps its end, the part the answer follows. A conversation keeps its system message and every
+  header the template puts around a turn (fit_prompt): its oldest turns go first, whole while what is left is
+  still too long, then the oldest content that still has to go is cut from its start (an earlier turn's, else
+  the last user turn's text). A text prompt loses tokens from the left. It may keep `max_prompt_length` tokens,
+  or more when the answers leave room (max_length minus the longer answer);
 - every answer keeps its start and is cut to what the prompt leaves. A cut answer gets no EOS (prepare marks it
   `<answer>_cut: true`), so the model is never taught to stop mid-answer. Chosen and rejected are cut at the same
-  budget, so the pair still carries the preference.
+  budget; a pair whose answers are the same after the cut carries no preference and is dropped.
 
 `data.truncation: drop` keeps this project's earlier rule: answers are never cut; a row whose longer answer
 cannot fit with one prompt token is dropped, and the prompt gets what the answers leave. Under either rule a
-row is dropped when nothing of its prompt would remain. Every cut and drop is counted, per kind.
+row is dropped when nothing of its prompt would remain (or of its last user turn). Every cut and drop is counted,
+per kind: `prompt_turns_dropped` counts the turns (messages) dropped, `prompts_cut_in_earlier_turn`,
+`prompts_cut_in_last_turn` and `prompts_cut_as_text` say where each cut prompt was cut.
 """
 
 from __future__ import annotations
@@ -30,14 +34,19 @@ def default_prompt_length(max_length: int, max_prompt_length: int | None) -> int
     return max_length // 2 if max_prompt_length is None else max_prompt_length
 
 
+# Where fit_prompt cut: turns (messages) dropped whole, and the prompts cut inside a turn or as plain text.
+PROMPT_CUTS = {"prompt_turns_dropped": 0, "prompts_cut_in_earlier_turn": 0, "prompts_cut_in_last_turn": 0,
+               "prompts_cut_as_text": 0}
+
+
 def fit_rows(rows: list[dict], encode: Encoder, max_prompt_length: int, truncation: str,
              render: RenderMessages) -> tuple[list[dict], dict]:
     """Rows that fit encode.max_length (cut as the module docstring says), and the counts."""
     fields = answer_fields(rows[0]) if rows else ()
     stats = {"max_length": encode.max_length, "max_prompt_length": max_prompt_length, "truncation": truncation,
-             "rows_cut": 0, "prompts_cut": 0, "prompt_turns_dropped": 0, "prompt_tokens_removed": 0,
+             "rows_cut": 0, "prompts_cut": 0, "prompt_tokens_removed": 0, **PROMPT_CUTS,
              **{f"{f}_cut": 0 for f in fields}, **{f"{f}_tokens_removed": 0 for f in fields},
-             "dropped_answer_too_long": 0, "dropped_nothing_left": 0}
+             "dropped_answer_too_long": 0, "dropped_nothing_left": 0, "dropped_identical_after_cut": 0}
     kept = []
     for row in tqdm(rows, desc="fit rows to max_length", unit="row", leave=False, disable=None):
         fitted = _fit(row, fields, encode, max_prompt_length, truncation, render, stats)
@@ -60,14 +69,8 @@ def _fit(row: dict, fields, encode: Encoder, max_prompt: int, truncation: str, r
         budget = max_length - longest
     else:
         budget = min(max(max_prompt, max_length - longest), max_length - 1)  # one answer token at least
-    original = row
-    if prompt_len > budget and "messages" in row:
-        row = _drop_oldest_turns(row, encode, budget, render)
-        if row is not original:
-            stats["prompt_turns_dropped"] += 1
-    if len(encode.prompt_ids(row["prompt"])) > budget:
-        row = {**row, "prompt": encode.tail(row["prompt"], budget)}
-    if not row["prompt"].strip():
+    row = fit_prompt(row, encode, budget, render, stats)
+    if row is None:
         stats["dropped_nothing_left"] += 1
         return None
     new_prompt_len = len(encode.prompt_ids(row["prompt"]))
@@ -89,6 +92,9 @@ def _fit(row: dict, fields, encode: Encoder, max_prompt: int, truncation: str, r
             stats[f"{f}_tokens_removed"] += removed
         if row.get(f"{f}_cut"):
             stats[f"{f}_cut"] += 1
+    if len(fields) == 2 and row[fields[0]] == row[fields[1]]:  # cut to the same start: no preference left
+        stats["dropped_identical_after_cut"] += 1
+        return None
     stats["rows_cut"] += 1
     return row
 
@@ -109,18 +115,62 @@ def _head(encode: Encoder, prompt: str, answer: str, room: int) -> str:
     return ""
 
 
-def _drop_oldest_turns(row: dict, encode: Encoder, budget: int, render: RenderMessages) -> dict:
-    """Drop the oldest user turn (and the answers after it) until the prompt fits `budget` tokens or one user
-    turn is left; the system message stays."""
+def fit_prompt(row: dict, encode: Encoder, budget: int, render: RenderMessages, stats: dict) -> dict | None:
+    """`row` with its prompt cut to at most `budget` tokens (as the module docstring says), or None when nothing
+    of it would remain; adds to the PROMPT_CUTS counts in `stats`. A conversation (the row has "messages") keeps
+    its system message and the template's headers; a text prompt keeps its end."""
+    if len(encode.prompt_ids(row["prompt"])) <= budget:
+        return row
+    if "messages" not in row:
+        prompt = encode.tail(row["prompt"], budget)
+        stats["prompts_cut_as_text"] += 1
+        return {**row, "prompt": prompt} if prompt.strip() else None
     messages = row["messages"]
-    system = [m for m in messages["prompt"][:1] if m["role"] == "system"]
+    system = messages["prompt"][:1] if messages["prompt"][0]["role"] == "system" else []
     turns = messages["prompt"][len(system):]
-    best = row
-    while True:
-        later_users = [i for i, m in enumerate(turns) if m["role"] == "user" and i > 0]
-        if not later_users:
-            return best
-        turns = turns[later_users[0]:]
-        best = {**row, **render_row({**messages, "prompt": system + turns}, render)}
-        if len(encode.prompt_ids(best["prompt"])) <= budget:
-            return best
+    starts = [i for i, m in enumerate(turns) if m["role"] == "user" and i > 0]
+    groups = [turns[a:b] for a, b in zip([0] + starts, starts + [len(turns)])]  # a user turn and what answers it
+
+    def rendered(kept: list) -> dict:
+        return {**row, **render_row({**messages, "prompt": system + kept}, render)}
+
+    def fits(kept: list) -> bool:
+        return len(encode.prompt_ids(render(system + kept, True))) <= budget
+
+    while len(groups) > 1 and not fits(_flat(groups[1:])):  # whole turns go while the rest is still too long
+        stats["prompt_turns_dropped"] += len(groups.pop(0))
+    if fits(_flat(groups)):
+        return rendered(_flat(groups))
+    # Cut the oldest content that still has to go from its start: the oldest turn's first message
+    first, rest = groups[0][0], _flat(groups[1:])
+    content = _cut_head_to_fit(first["content"], encode, lambda c: fits([{**first, "content": c}, *groups[0][1:], *rest]))
+    if content is None and rest:  # even all of it is not enough: the whole turn goes, and the rest fits
+        stats["prompt_turns_dropped"] += len(groups[0])
+        return rendered(rest)
+    if content is None:
+        return None
+    stats["prompts_cut_in_earlier_turn" if rest or len(groups[0]) > 1 else "prompts_cut_in_last_turn"] += 1
+    return rendered([{**first, "content": content}, *groups[0][1:], *rest])
+
+
+def _flat(groups: list[list]) -> list:
+    return [m for g in groups for m in g]
+
+
+def _cut_head_to_fit(text, encode: Encoder, fits) -> str | None:
+    """The longest end of `text`, cut at a token boundary, for which fits(end) holds; None when none does (an
+    empty end counts as none). Binary search: fewer tokens never make a prompt longer."""
+    if not isinstance(text, str):
+        return None
+    starts = [start for start, _ in encode.tokenizer(text, add_special_tokens=False,
+                                                     return_offsets_mapping=True)["offset_mapping"]]
+    lo, hi = 0, len(starts)  # a cut before token k keeps text[starts[k]:]; find the smallest k that fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(text[starts[mid]:]):
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo == len(starts) or not text[starts[lo]:].strip():
+        return None
+    return text[starts[lo]:]
