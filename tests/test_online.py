@@ -4,6 +4,7 @@ and its evaluation, and a killed round resumes to the outputs of a run that was 
 
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -59,12 +60,25 @@ def test_round_settings_are_dpo_with_the_rounds_own_keys():
     ({"round1": {"from": "dpo", "betta": 0.5}}, "online.rounds.round1.betta: unknown key; did you mean beta?"),
     ({"round1": {"from": "dpo", "lr": 2}}, "online.rounds.round1.lr: 2 must be a number"),
     (3, "online.rounds: 3 must be a mapping of round names"),
+    # A round's settings pass the dpo rules too, naming the key that set the value.
+    ({"round1": {"from": "dpo", "loss": "ipo", "beta": 0}}, "online.rounds.round1.beta: ipo's target margin"),
+    ({"round1": {"from": "dpo", "loss": ["sigmoid", "sft"], "loss_weights": [1.0]}},
+     "online.rounds.round1.loss_weights: [1.0] has 1 weights for 2 loss term(s)"),
+    ({"round1": {"from": "dpo", "loss": ["sigmoid", "sft"]}, "round2": {"from": "round1", "loss_weights": [1, 2, 3]}},
+     "online.rounds.round2.loss_weights: [1, 2, 3] has 3 weights"),
 ])
 def test_bad_rounds_are_one_line(rounds, message):
     params = load_params(str(ROOT / "params.yaml"))
     params["online"]["rounds"] = rounds
-    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         schema.check(params)
+
+
+def test_a_round_with_beta_zero_warns_in_the_online_stage():
+    params = load_params(str(ROOT / "params.yaml"))
+    params["online"]["rounds"] = {"round1": {"from": "dpo", "beta": 0}}
+    with pytest.warns(UserWarning, match=r"online\.rounds\.round1\.beta is 0"):
+        schema.check(params, "online")
 
 
 def test_reward_hacking_is_judge_up_and_gold_down():

@@ -70,6 +70,21 @@ def test_a_missing_key_names_it(key):
                                       "every key)")
 
 
+def test_a_key_the_code_asks_for_is_missing_from_the_file_or_a_bug_in_the_code():
+    """Section: a params key the file lacks is the user's one-line ConfigError; a key no params file can have (a typo
+    in code) is a KeyError, not advice to add it to params.yaml."""
+    from preftune.params import Section
+    dpo = Section("dpo", {k: v for k, v in PARAMS["dpo"].items() if k != "beta"})
+    with pytest.raises(ConfigError, match=r"params\.yaml: dpo\.beta is missing; add it"):
+        dpo["beta"]
+    with pytest.raises(KeyError, match="dpo.betta is not a params.yaml key"):
+        dpo["betta"]
+    with pytest.raises(KeyError, match="online.rounds.r1.betta is not a params.yaml key"):
+        Section("online.rounds.r1", {})["betta"]
+    with pytest.raises(ConfigError, match="online.rounds.r1.beta is missing"):
+        Section("online.rounds.r1", {})["beta"]
+
+
 @pytest.mark.parametrize("where", MAPPINGS)
 def test_a_misspelt_extra_key_is_refused_with_a_suggestion(where):
     params = copy.deepcopy(PARAMS)

@@ -219,6 +219,9 @@ def test_beta_zero_warns_in_the_dpo_stage_only():
 @pytest.mark.parametrize("overrides, key", [({"beta": -1}, "dpo.beta"), ({"loss": "nope"}, "dpo.loss"),
                                             ({"reference": "nope"}, "dpo.reference"),
                                             ({"loss": "ipo", "beta": 0.0}, "dpo.beta"),
+                                            ({"loss": ["ipo", "sft"], "beta": 0.0}, "dpo.beta"),
+                                            ({"loss": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0, 1.0]},
+                                             "dpo.loss_weights"),
                                             ({"label_smoothing": 0.5}, "dpo.label_smoothing")])
 def test_bad_dpo_config_is_one_config_error_at_stage_start(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

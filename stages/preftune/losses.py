@@ -215,7 +215,7 @@ def loss_terms(options: Mapping) -> list[tuple[str, float]]:
     loss_type list and loss_weights; null weights: 1 each)."""
     names = [options["loss"]] if isinstance(options["loss"], str) else list(options["loss"])
     weights = options.get("loss_weights") or [1.0] * len(names)
-    return list(zip(names, weights))
+    return list(zip(names, weights, strict=True))  # schema.py checks the counts; a mismatch here is a bug
 
 
 def mixture_loss(logps: PairLogps, beta: float, options: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -14,7 +14,8 @@ from . import schema
 
 
 class Section(dict):
-    """A params section whose missing keys are a one-line ConfigError, not a KeyError traceback."""
+    """A params section whose missing keys are a one-line ConfigError, not a KeyError traceback; a key that
+    params.yaml cannot have (schema.py) is a KeyError: a typo in the code, not in the file."""
 
     def __init__(self, name: str, values: dict):
         super().__init__(values)
@@ -22,6 +23,9 @@ class Section(dict):
 
     def __missing__(self, key):
         where = f"{self.name}.{key}" if self.name else key
+        spec = schema.spec_of(self.name)
+        if spec is not None and key not in spec:
+            raise KeyError(f"{where} is not a params.yaml key (schema.SCHEMA): the code asks for a key no params file has")
         raise ConfigError(f"params.yaml: {where} is missing; add it (the committed params.yaml lists every key)")
 
 

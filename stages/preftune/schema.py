@@ -246,11 +246,12 @@ ROUND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 RESERVED_ROUND_NAMES = ("sft", "reward", "dpo", "online")  # models/<name> and metrics/online/<name> must not collide
 
 
-def _online_rules(online: dict, dpo_spec: dict | None = None) -> list[str]:
+def _online_rules(online: dict, params: dict) -> list[str]:
     """online.rounds: a mapping of round names, in order, each trained from `from` (dpo or an earlier round), with
-    any dpo key overridden for that round."""
-    rounds, dpo_spec = online["rounds"], dpo_spec or SCHEMA["dpo"]
-    earlier = ["dpo"]
+    any dpo key overridden for that round; each round's dpo settings then pass the dpo rules as the dpo section
+    does."""
+    rounds, dpo_spec = online["rounds"], SCHEMA["dpo"]
+    earlier, found = ["dpo"], []
     for name, spec in rounds.items():
         where = f"params.yaml: online.rounds.{name}"
         if not isinstance(name, str) or not ROUND_NAME.match(name) or name in RESERVED_ROUND_NAMES:
@@ -270,38 +271,43 @@ def _online_rules(online: dict, dpo_spec: dict | None = None) -> list[str]:
                 hint = f"did you mean {close[0]}?" if close else "a round overrides dpo keys only"
                 raise ConfigError(f"{where}.{key}: unknown key; {hint} (remove or rename it)")
             validate(value, dpo_spec[key], f"online.rounds.{name}.{key}.")
+        overrides = {k: v for k, v in spec.items() if k != "from"}
+        found += _dpo_rules({**params["dpo"], **overrides}, params, lambda key, name=name, overrides=overrides:
+                            f"online.rounds.{name}.{key}" if key in overrides else f"dpo.{key} (for round {name})")
         earlier.append(name)
-    return []
+    return found
 
 
-def _dpo_rules(dpo: dict) -> list[str]:
+def _dpo_rules(dpo: dict, params: dict, where=lambda key: f"dpo.{key}") -> list[str]:
+    """dpo's keys together (also each on-policy round's, `where` naming the key that set a value)."""
     names = [dpo["loss"]] if isinstance(dpo["loss"], str) else dpo["loss"]
     if dpo["loss_weights"] is not None and len(dpo["loss_weights"]) != len(names):
-        raise ConfigError(f"params.yaml: dpo.loss_weights: {dpo['loss_weights']} has {len(dpo['loss_weights'])} "
-                          f"weights for {len(names)} loss term(s) ({names}); give one weight per term, or null")
-    if dpo["loss"] == "ipo" and dpo["beta"] == 0:
-        raise ConfigError("params.yaml: dpo.beta: ipo's target margin is 1/(2 beta), so beta must be > 0")
+        raise ConfigError(f"params.yaml: {where('loss_weights')}: {dpo['loss_weights']} has "
+                          f"{len(dpo['loss_weights'])} weights for {len(names)} loss term(s) ({names}); give one "
+                          "weight per term, or null")
+    if "ipo" in names and dpo["beta"] == 0:
+        raise ConfigError(f"params.yaml: {where('beta')}: ipo's target margin is 1/(2 beta), so beta must be > 0")
     if dpo["beta"] == 0:
-        return ["dpo.beta is 0: the DPO loss is log 2 for every policy and its gradient is zero; training will "
-                "not move (the lab's 'break it' exercise)"]
+        return [f"{where('beta')} is 0: the DPO loss is log 2 for every policy and its gradient is zero; training "
+                "will not move (the lab's 'break it' exercise)"]
     return []
 
 
-def _model_rules(model: dict) -> list[str]:
+def _model_rules(model: dict, params: dict) -> list[str]:
     if model["max_prompt_length"] is not None and model["max_prompt_length"] >= model["max_length"]:
         raise ConfigError(f"params.yaml: model.max_prompt_length: {model['max_prompt_length']} leaves no room for an "
                           f"answer in model.max_length {model['max_length']}; set it below, or null (half of max_length)")
     return []
 
 
-def _data_rules(data: dict) -> list[str]:
+def _data_rules(data: dict, params: dict) -> list[str]:
     if data["source"] == "grammar" and not any(data["rejected_kinds"].values()):
         raise ConfigError("params.yaml: data.rejected_kinds: every weight is 0; give at least one kind a weight")
     return []
 
 
-# Rules between the keys of one section: each raises ConfigError for a combination that cannot run and returns
-# the warnings its own stage should print.
+# Rules between the keys of one section (given the whole file too): each raises ConfigError for a combination that
+# cannot run and returns the warnings its own stage should print.
 RULES = {"data": _data_rules, "model": _model_rules, "dpo": _dpo_rules, "online": _online_rules}
 
 
@@ -310,7 +316,7 @@ def check(params: dict, stage: str | None = None) -> None:
     (a warning about dpo.beta belongs in the dpo stage's log, not in prepare's)."""
     validate(params)
     for section, rules in RULES.items():
-        for message in rules(params[section]):
+        for message in rules(params[section], params):
             if section == stage:
                 warnings.warn(message)
 
@@ -339,6 +345,18 @@ def validate(params, spec=SCHEMA, where: str = "") -> None:
     problem = spec.problem(params)
     if problem:
         raise ConfigError(f"params.yaml: {where.rstrip('.')}: {params!r} {problem}; fix the value")
+
+
+def spec_of(section: str):
+    """The spec of a params section by its dotted name ("" the whole file; an on-policy round's section,
+    online.rounds.<name>, is dpo's), or None where there is no such section."""
+    if section.startswith("online.rounds."):
+        return SCHEMA["dpo"]
+    spec = SCHEMA
+    for part in section.split(".") if section else []:
+        spec = spec.get(part) if isinstance(spec, dict) else None
+        spec = spec[0] if isinstance(spec, tuple) else spec
+    return spec if isinstance(spec, dict) else None
 
 
 def leaves(spec=SCHEMA, where: str = ""):
