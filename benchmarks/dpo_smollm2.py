@@ -80,7 +80,7 @@ CONFIGS = {
 def pairs(tokenizer, data: str, max_length: int, first: int | None = None) -> list[dict]:
     """The file's distinct pairs (the `first` of them), rendered by the chat template and fitted to max_length
     tokens."""
-    rows = formats.load_pairs(data, None, modeling.chat_renderer(tokenizer))
+    rows = formats.load_pairs(data, None, formats.chat_renderer(tokenizer))
     seen, distinct = set(), []
     for row in rows:
         key = (row["prompt"], row["chosen"], row["rejected"])
@@ -88,7 +88,7 @@ def pairs(tokenizer, data: str, max_length: int, first: int | None = None) -> li
             seen.add(key)
             distinct.append(row)
     fitted, _ = budget.fit_rows(distinct, Encoder(tokenizer, max_length), budget.default_prompt_length(max_length, None),
-                                "truncate", modeling.chat_renderer(tokenizer))
+                                "truncate", formats.chat_renderer(tokenizer))
     return [{k: v for k, v in r.items() if k != "messages"} for r in fitted][:first]
 
 

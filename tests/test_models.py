@@ -119,20 +119,23 @@ def test_encoder_truncates_long_prompt_from_the_left_keeping_eos(tok):
     assert encode.truncated == 1
 
 
-def test_encoder_truncates_long_response_keeping_eos(tok):
+def test_encoder_cuts_a_long_response_without_eos(tok):
+    """A cut answer must not teach the model to stop there: no EOS after it, as prepare cuts answers."""
     encode = Encoder(tok, 16)
-    seq = encode("Answer:", " the cat and the dog" * 10)
-    assert len(seq.ids) <= 16
-    assert seq.prompt_len >= 1 and seq.response_len >= 1
+    response = " the cat and the dog" * 10
+    seq = encode("Answer:", response)
+    assert len(seq.ids) == 16 and seq.prompt_len >= 1 and seq.response_len >= 1
     assert encode.truncated == 1
-    assert seq.ids[-1] == tok.eos_token_id
+    assert tok.eos_token_id not in seq.ids and list(seq.ids[seq.prompt_len:]) == ids(tok, response)[:seq.response_len]
 
 
-def test_encoder_truncation_keeps_one_prompt_token_and_max_length(tok):
+def test_encoder_truncation_keeps_half_the_length_for_a_long_prompt(tok):
+    """A long prompt before a long answer keeps its last max_length // 2 tokens (not one token), the answer the rest."""
     encode = Encoder(tok, 16)
-    seq = encode("Fix the grammar: the cat\nAnswer:", " the cat and the dog" * 10)
-    assert len(seq.ids) == 16
-    assert seq.prompt_len == 1
+    prompt = "Fix the grammar: the cat and the dog went home\nAnswer:"
+    seq = encode(prompt, " the cat and the dog" * 10)
+    assert len(seq.ids) == 16 and seq.prompt_len == 8
+    assert list(seq.ids[:8]) == ids(tok, prompt)[-8:]
     assert encode.truncated == 1
 
 

@@ -286,7 +286,8 @@ def test_sharegpt_file_fitted_to_the_budget_with_every_cut_counted(tmp_path):
     cut = next(r for r in rows if r["chosen"] == " He and I are here.\n")
     assert cut["prompt"].endswith("Now fix: 'me and him is here'.\nassistant:") and cut["prompt"].startswith("user: ")
     assert len(encode.prompt_ids(cut["prompt"])) >= 600 - 30  # cut to what the answer leaves, not further
-    assert "messages" not in cut
+    assert list(cut["messages"]) == ["prompt"]  # the prompt's messages stay, for evaluate's and the rounds' cuts
+    assert cut["messages"]["prompt"][-1]["content"].endswith("Now fix: 'me and him is here'.")
 
     # The default, truncate: the long answer is cut (no EOS, marked) instead of its pair being dropped.
     ok(run_prepare(tmp_path / "cut", model={"max_length": 600, "vocab_size": 300},

@@ -43,7 +43,7 @@ class Encoder:
 
     A response ends in EOS once, unless prepare cut it (`eos=False`: a cut answer must not teach the model to
     stop there): an answer rendered by a chat template that closes turns with EOS already ends with it
-    (modeling.chat_renderer), and gets no second one; a generated answer, which stops at EOS, then encodes to
+    (formats.chat_renderer), and gets no second one; a generated answer, which stops at EOS, then encodes to
     the same ids. `prepare` fits every row with this same class (budget.py), so on prepared data nothing is cut here;
     a sequence still too long (a foreign file, a generated answer) loses prompt tokens from the left first, then
     response tokens from the right, and is counted in `truncated`.
@@ -84,10 +84,12 @@ class Encoder:
         if count:
             self.boundary_merges += merged
             self.truncated += overflow > 0
-        if overflow > 0:
-            cut = min(overflow, max(len(prompt_ids) - 1, 0))
-            prompt_ids = prompt_ids[cut:]
-            response_ids = response_ids[: self.max_length - len(prompt_ids) - len(end)]
+        if overflow > 0:  # the prompt keeps its end, half of max_length at least when the answer is long
+            keep = min(len(prompt_ids), max(self.max_length // 2, self.max_length - len(response_ids) - len(end)))
+            prompt_ids = prompt_ids[len(prompt_ids) - keep:]
+            room = self.max_length - len(prompt_ids)
+            if len(response_ids) + len(end) > room:  # the answer loses its end, and a cut answer gets no EOS
+                response_ids, end = response_ids[:room], []
         return Sequence(tuple(prompt_ids + response_ids + end), len(prompt_ids))
 
     def tail(self, text: str, n: int) -> str:

@@ -18,7 +18,9 @@ A row that fits is left alone. Otherwise, as TRL and LLaMA-Factory do, it is cut
 cannot fit with one prompt token is dropped, and the prompt gets what the answers leave. Under either rule a
 row is dropped when nothing of its prompt would remain (or of its last user turn). Every cut and drop is counted,
 per kind: `prompt_turns_dropped` counts the turns (messages) dropped, `prompts_cut_in_earlier_turn`,
-`prompts_cut_in_last_turn` and `prompts_cut_as_text` say where each cut prompt was cut.
+`prompts_cut_in_last_turn` and `prompts_cut_as_text` say where each cut prompt was cut. A prepared conversational
+row keeps its prompt's messages (`messages.prompt`), so that evaluate and the on-policy rounds cut a prompt to
+what generation leaves by the same rule (fit_prompts).
 """
 
 from __future__ import annotations
@@ -132,7 +134,10 @@ def fit_prompt(row: dict, encode: Encoder, budget: int, render: RenderMessages, 
     groups = [turns[a:b] for a, b in zip([0] + starts, starts + [len(turns)])]  # a user turn and what answers it
 
     def rendered(kept: list) -> dict:
-        return {**row, **render_row({**messages, "prompt": system + kept}, render)}
+        cut = {**messages, "prompt": system + kept}
+        if any(field in cut for field in ("chosen", "rejected", "completion")):  # a row being prepared
+            return {**row, **render_row(cut, render)}
+        return {**row, "prompt": render(cut["prompt"], True), "messages": cut}  # a prepared row: its prompt only
 
     def fits(kept: list) -> bool:
         return len(encode.prompt_ids(render(system + kept, True))) <= budget
@@ -151,6 +156,23 @@ def fit_prompt(row: dict, encode: Encoder, budget: int, render: RenderMessages, 
         return None
     stats["prompts_cut_in_earlier_turn" if rest or len(groups[0]) > 1 else "prompts_cut_in_last_turn"] += 1
     return rendered([{**first, "content": content}, *groups[0][1:], *rest])
+
+
+def generation_budget(max_length: int, max_new_tokens: int) -> int:
+    """Prompt tokens that leave room for `max_new_tokens` answer tokens and EOS within max_length (one at least)."""
+    return max(max_length - max_new_tokens - 1, 1)
+
+
+def fit_prompts(rows: list[dict], encode: Encoder, budget: int, render: RenderMessages) -> tuple[list[str], int]:
+    """The prompts of prepared rows to generate from, each cut to `budget` tokens by prepare's rule (fit_prompt:
+    a conversation keeps its system message and headers), and how many were cut. A prompt that cannot be cut
+    that far keeps its last `budget` tokens as text."""
+    stats = dict(PROMPT_CUTS)
+    fitted = []
+    for row in rows:
+        cut = fit_prompt(row, encode, budget, render, stats)
+        fitted.append(cut["prompt"] if cut is not None else encode.tail(row["prompt"], budget))
+    return fitted, sum(f != r["prompt"] for f, r in zip(fitted, rows))
 
 
 def _flat(groups: list[list]) -> list:

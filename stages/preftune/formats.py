@@ -121,6 +121,32 @@ def render_plain(messages: list, add_generation_prompt: bool) -> str:
     return (text + "assistant:") if add_generation_prompt else text
 
 
+def chat_renderer(tokenizer):
+    """`render(messages, add_generation_prompt)` with the tokenizer's chat template, or None without one.
+
+    A conversation that ends with an answer ends at the EOS token that closes it, where the template closes turns
+    with EOS (SmolLM2's `<|im_end|>`): the newline after it belongs to the next turn. So a prepared answer ends
+    the way a generated one does, which stops at EOS, and the Encoder adds no second EOS (batching.py)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    eos = tokenizer.eos_token
+
+    def render(messages, add_generation_prompt):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        head, found, tail = text.rpartition(eos) if eos else ("", "", text)
+        if not add_generation_prompt and found and not tail.strip():
+            return head + found
+        return text
+
+    return render
+
+
+def renderer(tokenizer) -> RenderMessages:
+    """How conversations are rendered for `tokenizer`: its chat template, else plain lines (render_plain). prepare
+    renders the rows with it, and evaluate and the rounds re-render a prompt they cut."""
+    return chat_renderer(tokenizer) or render_plain
+
+
 class _BadField(Exception):
     """A problem in one field of a row; normalize_rows adds the source and the row number."""
 

@@ -196,26 +196,6 @@ def ensure_pad_token(tokenizer, model=None) -> None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def chat_renderer(tokenizer):
-    """`render(messages, add_generation_prompt)` with the tokenizer's chat template, or None without one.
-
-    A conversation that ends with an answer ends at the EOS token that closes it, where the template closes turns
-    with EOS (SmolLM2's `<|im_end|>`): the newline after it belongs to the next turn. So a prepared answer ends
-    the way a generated one does, which stops at EOS, and the Encoder adds no second EOS (batching.py)."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    eos = tokenizer.eos_token
-
-    def render(messages, add_generation_prompt):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-        head, found, tail = text.rpartition(eos) if eos else ("", "", text)
-        if not add_generation_prompt and found and not tail.strip():
-            return head + found
-        return text
-
-    return render
-
-
 def disable_dropout(model) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):

@@ -83,9 +83,12 @@ def score(model, sequences, pad_id: int, device) -> torch.Tensor:
 
 @torch.no_grad()
 def score_texts(model, encode: Encoder, prompts: list[str], responses: list[str], device, batch_size: int = EVAL_BATCH,
-                desc: str = "score answers") -> list[float]:
+                desc: str = "score answers", finished: list[bool] | None = None) -> list[float]:
+    """Rewards of prompt + response texts; `finished[i]` False: response i ran out of tokens and is scored without
+    EOS, as the reward model trained on cut answers."""
     model.eval()
-    sequences = [encode(p, r) for p, r in zip(prompts, responses)]
+    finished = [True] * len(prompts) if finished is None else finished
+    sequences = [encode(p, r, eos=f) for p, r, f in zip(prompts, responses, finished, strict=True)]
     out = [0.0] * len(sequences)
     for idx in tqdm(length_batches(sequences, batch_size), desc=desc, unit="batch", leave=False, disable=None):
         for i, reward in zip(idx, score(model, [sequences[i] for i in idx], encode.tokenizer.pad_token_id, device).tolist()):
