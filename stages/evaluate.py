@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from preftune import data, judge, modeling, plots
+from preftune import budget, data, formats, judge, modeling, plots
 from preftune.batching import EVAL_BATCH, Encoder, collate, length_batches, to_device
 from preftune.errors import exit_on_user_error
 from preftune.formats import is_unpaired
@@ -131,23 +131,28 @@ class Evaluation:
         self.encode = Encoder(self.tokenizer, self.max_length)
         self.prompts_truncated = 0
 
-    def fit_prompts(self, prompts: list[str]) -> list[str]:
-        """Prompts cut from the left (as prepare cuts them) so that prompt + answer + EOS fit max_length; the same
-        text is then generated from and scored. Counted in prompts_truncated."""
-        keep = max(self.max_length - self.cfg["max_new_tokens"] - 1, 1)
-        fitted = [self.encode.tail(p, keep) for p in prompts]
-        self.prompts_truncated += sum(f != p for f, p in zip(fitted, prompts))
+    def fit_prompts(self, rows: list[dict]) -> list[str]:
+        """The rows' prompts cut by prepare's rule (budget.fit_prompts: a conversation keeps its system message and
+        headers) so that prompt + answer + EOS fit max_length; the same text is then generated from and scored.
+        Counted in prompts_truncated."""
+        fitted, cut = budget.fit_prompts(rows, self.encode, budget.generation_budget(
+            self.max_length, self.cfg["max_new_tokens"]), formats.renderer(self.tokenizer))
+        self.prompts_truncated += cut
         return fitted
 
-    def compare(self, prompts: list[str]) -> Compared:
-        """Greedy answers of every policy to the fitted prompts, and the judge's rewards for them."""
-        prompts = self.fit_prompts(prompts)
+    def compare(self, rows: list[dict]) -> Compared:
+        """Greedy answers of every policy to the rows' fitted prompts, and the judge's rewards for them (an answer
+        that ran out of tokens scored without EOS, as the judge trained on cut answers)."""
+        prompts = self.fit_prompts(rows)
         gen = {"max_new_tokens": self.cfg["max_new_tokens"], "batch_size": self.cfg["batch_size"],
                "max_length": self.max_length}
+        answers, rewards = {}, {}
         with modeling.autocast(self.device, self.cfg["precision"]):
-            answers = {m: self.policies.answers(m, self.tokenizer, prompts, **gen) for m in self.policies.names}
-            rewards = {m: score_texts(self.judge, self.encode, prompts, answers[m], self.device,
-                                      desc=f"score {m} answers") for m in self.policies.names}
+            for m in self.policies.names:
+                stats: dict = {}
+                answers[m] = self.policies.answers(m, self.tokenizer, prompts, stats=stats, **gen)
+                rewards[m] = score_texts(self.judge, self.encode, prompts, answers[m], self.device,
+                                         desc=f"score {m} answers", finished=stats["finished"])
         return Compared(prompts, answers, rewards)
 
     def kl(self, prompts: list[str], which: str = "dpo") -> float:
@@ -211,7 +216,7 @@ def gold_summary(correct: dict[str, list[bool]], prefix: str) -> dict:
 
 def heldout_metrics(ev: Evaluation, heldout: list[dict]) -> tuple[dict, Compared]:
     """The lab's headline: held-out prompts, greedy answers, the reward model as judge."""
-    compared = ev.compare([r["prompt"] for r in heldout])
+    compared = ev.compare(heldout)
     metrics = compared.win_rate()
     # The same verdicts with the judge's taste for length taken out (AlpacaEval 2's control), in characters: a
     # tokenizer-free length that reads the same for any model.
@@ -232,7 +237,7 @@ def validation_metrics(ev: Evaluation, validation: list[dict]) -> dict:
     """Settings are chosen on these: fresh prompts that no reported figure uses."""
     if not validation:
         return {}
-    compared = ev.compare([r["prompt"] for r in validation])
+    compared = ev.compare(validation)
     summary = compared.win_rate()
     return {**{f"validation_{k}": summary[k] for k in ("win_rate", "wins", "ties", "losses")},
             **gold_summary(gold_verdicts(validation, compared), "validation_")}
@@ -243,7 +248,7 @@ def gold_metrics(ev: Evaluation, gold: list[dict], per_prompt: dict | None = Non
     per prompt go into `per_prompt["gold"]`."""
     if not gold:
         return {}
-    compared = ev.compare([r["prompt"] for r in gold])
+    compared = ev.compare(gold)
     correct = gold_verdicts(gold, compared)
     if per_prompt is not None:
         per_prompt["gold"] = {f"correct_{m}": [int(c) for c in correct[m]] for m in POLICIES}

@@ -27,7 +27,7 @@ def gold_figures(ev: Evaluation, records: list[dict], prefix: str) -> dict:
     its start (paired) and how often the judge sides with the gold checker on the round's answers."""
     if not records:
         return {}
-    compared = ev.compare([r["prompt"] for r in records])
+    compared = ev.compare(records)
     correct = {side: gold_verdicts(records, compared.versus(side)) for side in SIDES}
     n = len(records)
     out = {f"{prefix}gold_n": n, f"{prefix}gold_accuracy_sft": sum(correct["round"]["sft"]) / n}
@@ -55,7 +55,7 @@ def main() -> None:
     ev = Evaluation(model_cfg, cfg, seed, others={"previous": policy_dir(start), "round": policy_dir(name)})
     heldout = one_per_prompt(data.read_jsonl(prepared("heldout")))
 
-    compared = ev.compare([r["prompt"] for r in heldout])
+    compared = ev.compare(heldout)
     metrics = {"round": name, "from": start}
     for side in SIDES:
         summary = compared.versus(side).win_rate()
