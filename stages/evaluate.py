@@ -223,6 +223,10 @@ def heldout_metrics(ev: Evaluation, heldout: list[dict]) -> tuple[dict, Compared
     metrics.update(judge.length_controlled_win_rate([OUTCOME[v] for v in compared.verdicts()],
                                                     [len(a) for a in compared.answers["dpo"]],
                                                     [len(a) for a in compared.answers["sft"]], seed=ev.seed))
+    if metrics["lc_extreme_change"]:  # AlpacaEval's guard: the length fit moved the rate implausibly far
+        log.warning("length-controlled win rate %.3f is far from the raw one (ties as half) %.3f: the length fit may "
+                    "have failed (length coefficient %.2f); read it with care", metrics["lc_win_rate"],
+                    metrics["win_rate_ties_half"], metrics["lc_length_coefficient"])
     metrics.update({
         "reward_mean_sft": statistics.fmean(compared.rewards["sft"]),
         "reward_mean_dpo": statistics.fmean(compared.rewards["dpo"]),
