@@ -5,6 +5,8 @@ writes, and the reference stage on 2 ranks writes the same bytes as on 1 and nev
 
 import json
 import os
+import socket
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dvc_helpers import ENV, VENV_BIN, _run, copy_repo, edit_params
+import yaml
+from dvc_helpers import ENV, VENV_BIN, _run, copy_repo, dvc, edit_params, output, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +93,42 @@ def test_two_ranks_and_accumulation_train_the_same_adapter_as_one_process(worksp
     # Only rank 0 writes: rank 1 opened nothing under models/ or metrics/ for writing, rank 0 did.
     assert under(workspace, opens[0], "models/dpo") and under(workspace, opens[0], "metrics/dpo")
     assert under(workspace, opens[1], "models") == [] and under(workspace, opens[1], "metrics") == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_torchrun_agents_train_what_one_process_trains(workspace, tmp_path):
+    """Two nodes of one rank each, as a cluster runs them, on one host: `dvc repro -s dpo` runs the stage's command
+    on the first node, `launcher: torchrun --nnodes 2 ... --rdzv-backend c10d --rdzv-endpoint <host>:<port>`, and the
+    second node's agent is started beside it with the same rendezvous (what srun or a SkyPilot task does on every
+    other node, launch/README.md). 2 nodes x 1 rank x 4 pairs train the adapter of 1 process x 8."""
+    one, m1, _ = dpo_adapter(workspace, tmp_path, ranks=1, batch_size=8, accumulation=1)
+    edit_params(workspace, dpo={"batch_size": 4, "gradient_accumulation_steps": 1})
+    agent = ["torchrun", "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
+             "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "dpo"]
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["launcher"] = " ".join(agent)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**ENV, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    second = subprocess.Popen([str(VENV_BIN / agent[0]), *agent[1:], "stages/dpo.py"], cwd=workspace, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        repro = dvc("repro", "-s", "dpo", cwd=workspace, env=env, check=False)
+        second_log, _ = second.communicate(timeout=600)
+    finally:
+        second.kill()
+    assert repro.returncode == 0 and stages_run(repro) == {"dpo"}, output(repro)
+    assert second.returncode == 0, second_log
+    two = load_file(workspace / ADAPTER)
+    m2 = json.loads((workspace / "models/dpo/manifest.json").read_text())
+    assert (m1["world_size"], m2["world_size"]) == (1, 2) and m2["effective_batch_size"] == 8
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=f"2 nodes x 4: {name}")
+    assert m1["final_train_loss"] == pytest.approx(m2["final_train_loss"], abs=1e-5)
 
 
 def test_reference_on_two_ranks_equals_one_and_reads_no_policy(workspace, tmp_path):
