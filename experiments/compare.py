@@ -105,6 +105,17 @@ def lc_penalty(runs: list[dict]) -> float:
     return 1.0 / (length_controlled_penalty(outcomes.ravel(), diffs.ravel()) * outcomes.size)
 
 
+def prompt_counts(runs: dict[str, dict]) -> tuple[int, int]:
+    """(gold prompts, held-out prompts) of every run, which must be the same for all: the runs are paired by
+    prompt. Exits with one line naming the runs that differ."""
+    counts = {name: (len(r["gold"]["correct_dpo"]), len(r["heldout"]["outcome"]), len(r["heldout"]["length_dpo"]),
+                     len(r["heldout"]["length_sft"])) for name, r in runs.items()}
+    if len(set(counts.values())) > 1 or any(c[1:] != (c[1],) * 3 for c in counts.values()):
+        found = ", ".join(f"{name}: {c[0]} gold, {c[1]} held-out" for name, c in sorted(counts.items()))
+        sys.exit(f"compare: the runs answered different prompts ({found}); export runs of one evaluation set")
+    return next(iter(counts.values()))[:2]
+
+
 def paired_interval(a: list[dict], b: list[dict], measure: Measure, prompts: int, draws: int = DRAWS,
                     seed: int = 0) -> dict:
     """A - B of `measure` with its 95% interval (the module docstring says how). a[i] and b[i] are the two runs of
@@ -121,7 +132,9 @@ def paired_interval(a: list[dict], b: list[dict], measure: Measure, prompts: int
     prompt_term = float(boot.var(ddof=1)) if draws > 1 else 0.0
     half = float(stats.t.ppf(0.975, k - 1)) * math.sqrt(seed_term + prompt_term)
     lo, hi = point - half, point + half
-    return {"difference": point, "ci95": [lo, hi], "significant": lo > 0 or hi < 0,
+    # No spread at all, over seeds and prompts: nothing was measured (a length-controlled fit that the penalty
+    # made null gives 0.5 for every run and draw), which is not a precise zero.
+    return {"difference": point, "ci95": [lo, hi], "significant": lo > 0 or hi < 0, "estimable": hi > lo,
             "seed_sd": float(per_seed.std(ddof=1)), "per_seed": per_seed.tolist()}
 
 
@@ -133,7 +146,8 @@ def compare(set_name: str, prefix_a: str, prefix_b: str, draws: int = DRAWS, see
     if len(seeds) < 2:
         sys.exit(f"compare: {prefix_a} and {prefix_b} share {len(seeds)} seed(s); a comparison over seeds needs 2 or more")
     a, b = [runs_a[s] for s in seeds], [runs_b[s] for s in seeds]
-    n_gold, n_heldout = len(a[0]["gold"]["correct_dpo"]), len(a[0]["heldout"]["outcome"])
+    n_gold, n_heldout = prompt_counts({f"{prefix}-s{s}": runs[s] for prefix, runs in ((prefix_a, runs_a),
+                                                                                    (prefix_b, runs_b)) for s in seeds})
     measures: dict[str, tuple[Measure, int]] = {
         "gold accuracy": (gold_accuracy, n_gold),
         "win rate vs SFT": (win_rate, n_heldout),
@@ -151,7 +165,8 @@ def markdown(rows: list[dict], prefix_a: str, prefix_b: str) -> str:
     lines = [f"| measure | {prefix_a} | {prefix_b} | difference | 95% interval (prompts x seeds) | verdict |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        verdict = "significant" if r["significant"] else "not significant"
+        verdict = ("significant" if r["significant"] else "not significant") if r["estimable"] else \
+            "not estimable (no spread over seeds or prompts)"
         lines.append(f"| {r['measure']} | {r['a']:.3f} | {r['b']:.3f} | {r['difference']:+.3f} | "
                      f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {verdict} |")
     k = rows[0]["seeds"]

@@ -180,3 +180,12 @@ def test_prepared_prompts_are_cut_for_generation_by_the_same_rule(smollm2):
     assert len(encode.prompt_ids(fitted[0])) <= budget_ and fitted[0].endswith("<|im_start|>assistant\n")
     records, cut = sampling_prompts(prepared, {"prompts": None, "max_new_tokens": 100}, encode, seed=0)
     assert cut == 1 and sorted(r["prompt"] for r in records) == sorted(fitted)
+
+
+def test_a_dropped_row_adds_only_to_the_drop_counts(tok):
+    """A conversation whose system message alone is over the budget loses its old turns and is then dropped: the
+    turns it lost are not counted as cuts of the kept data."""
+    rows = [conversation(text(20), "Fine.", text(20, 3), system=text(200), chosen=" " + text(90))]
+    _, _, kept, stats = fit_conversations(tok, formats.render_plain, rows, 64, 32)
+    assert kept == [] and stats["dropped_nothing_left"] == 1
+    assert stats["prompt_turns_dropped"] == stats["prompts_cut"] == stats["rows_cut"] == stats["chosen_cut"] == 0

@@ -110,3 +110,27 @@ def test_one_seed_is_not_a_comparison(tmp_path):
     write(tmp_path, {"a-s1": run(rng, 0.5, 0.5), "b-s1": run(rng, 0.5, 0.5)})
     with pytest.raises(SystemExit, match="needs 2 or more"):
         compare.compare("demo", "a", "b", results=tmp_path)
+
+
+def test_runs_that_answered_different_prompts_are_one_line(tmp_path):
+    rng = random.Random(3)
+    write(tmp_path, {"a-s1": run(rng, 0.5, 0.5), "a-s2": run(rng, 0.5, 0.5),
+                     "b-s1": run(rng, 0.5, 0.5, n_gold=250), "b-s2": run(rng, 0.5, 0.5)})
+    with pytest.raises(SystemExit, match=r"different prompts \(a-s1: 300 gold, 50 held-out, .*b-s1: 250 gold"):
+        compare.compare("demo", "a", "b", draws=50, results=tmp_path)
+
+
+def test_a_measure_with_no_spread_is_not_estimable_rather_than_a_precise_zero(tmp_path):
+    """Every verdict a tie: the length-controlled rate is 0.5 for every run and draw. An interval of width zero
+    would read as a measured zero difference; the table says nothing was measured."""
+    rng = random.Random(4)
+    runs = {f"{c}-s{s}": run(rng, 0.5, 0.5) for c in "ab" for s in (1, 2, 3)}
+    for r in runs.values():
+        r["heldout"]["outcome"] = [0.5] * len(r["heldout"]["outcome"])
+    write(tmp_path, runs)
+    rows = {r["measure"]: r for r in compare.compare("demo", "a", "b", draws=50, results=tmp_path)}
+    lc = rows["length-controlled win rate"]
+    assert lc["ci95"] == [0.0, 0.0] and not lc["estimable"] and not lc["significant"]
+    assert rows["gold accuracy"]["estimable"]
+    assert "| length-controlled win rate | 0.500 | 0.500 | +0.000 | [+0.000, +0.000] | not estimable" in \
+        compare.markdown(list(rows.values()), "a", "b")

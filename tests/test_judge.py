@@ -270,3 +270,10 @@ def test_lc_extreme_change_is_returned_and_logged(caplog):
                for r in caplog.records)
     outcomes, length_a, length_b = blind_judge_a_longer(2)
     assert not length_controlled_win_rate(outcomes, length_a, length_b, resamples=50, seed=0)["lc_extreme_change"]
+
+
+def test_lc_on_one_prompt_knows_nothing_and_no_resamples_is_an_error():
+    one = length_controlled_win_rate([1.0], [30], [10], resamples=50)
+    assert one["lc_win_rate_ci95"] == [0.0, 1.0]
+    with pytest.raises(ValueError, match="resamples must be 1 or more"):
+        length_controlled_win_rate([1.0, 0.0], [30, 10], [10, 30], resamples=0)

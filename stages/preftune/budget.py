@@ -49,11 +49,16 @@ def fit_rows(rows: list[dict], encode: Encoder, max_prompt_length: int, truncati
              "rows_cut": 0, "prompts_cut": 0, "prompt_tokens_removed": 0, **PROMPT_CUTS,
              **{f"{f}_cut": 0 for f in fields}, **{f"{f}_tokens_removed": 0 for f in fields},
              "dropped_answer_too_long": 0, "dropped_nothing_left": 0, "dropped_identical_after_cut": 0}
+    totals = [key for key in stats if key not in ("max_length", "max_prompt_length", "truncation")]  # the counts
     kept = []
     for row in tqdm(rows, desc="fit rows to max_length", unit="row", leave=False, disable=None):
-        fitted = _fit(row, fields, encode, max_prompt_length, truncation, render, stats)
+        counts = dict.fromkeys(totals, 0)  # this row's, added to the totals as kept or as dropped
+        fitted = _fit(row, fields, encode, max_prompt_length, truncation, render, counts)
         if fitted is not None:
             kept.append(fitted)
+        for key in totals:
+            if fitted is not None or key.startswith("dropped_"):
+                stats[key] += counts[key]
     return kept, stats
 
 

@@ -266,6 +266,8 @@ def length_controlled_win_rate(outcomes: Sequence[float], length_a: Sequence[int
     quarter of the way towards 0 or 100) comparing lc_win_rate with the raw win rate with ties as half: true when
     the fit moved the rate implausibly far, a sign that it failed. length_ratio is A's characters over B's."""
     n = _check_lengths(outcomes=outcomes, length_a=length_a, length_b=length_b)
+    if resamples < 1:
+        raise ValueError(f"resamples must be 1 or more, got {resamples}")
     p = np.asarray(outcomes, dtype=float)
     d = np.asarray(length_a, dtype=float) - np.asarray(length_b, dtype=float)
     with _fast_sklearn():
@@ -280,7 +282,9 @@ def length_controlled_win_rate(outcomes: Sequence[float], length_a: Sequence[int
             draws.append(float(_sigmoid(_lc_coefficients(p[idx], d[idx], c)[0])))
     draws.sort()
     lc = float(_sigmoid(theta))
-    lo, hi = draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1]
+    lo, hi = draws[int(0.025 * resamples)], max(draws[int(0.975 * resamples) - 1], draws[0])
+    if n < 2:  # one prompt: no resample differs from it, and nothing is known
+        lo, hi = 0.0, 1.0
     raw = float(p.mean())
     return {"lc_win_rate": lc,
             "lc_win_rate_ci95": [min(lo, lc), max(hi, lc)],
