@@ -153,7 +153,8 @@ def fit_prompt(row: dict, encode: Encoder, budget: int, render: RenderMessages, 
         return rendered(_flat(groups))
     # Cut the oldest content that still has to go from its start: the oldest turn's first message
     first, rest = groups[0][0], _flat(groups[1:])
-    content = _cut_head_to_fit(first["content"], encode, lambda c: fits([{**first, "content": c}, *groups[0][1:], *rest]))
+    content = _cut_head_to_fit(first["content"], encode,
+                               lambda c: fits([{**first, "content": c}, *groups[0][1:], *rest]))
     if content is None and rest:  # even all of it is not enough: the whole turn goes, and the rest fits
         stats["prompt_turns_dropped"] += len(groups[0])
         return rendered(rest)

@@ -25,7 +25,8 @@ class Section(dict):
         where = f"{self.name}.{key}" if self.name else key
         spec = schema.spec_of(self.name)
         if spec is not None and key not in spec:
-            raise KeyError(f"{where} is not a params.yaml key (schema.SCHEMA): the code asks for a key no params file has")
+            raise KeyError(f"{where} is not a params.yaml key (schema.SCHEMA): the code asks for a key no params "
+                           "file has")
         raise ConfigError(f"params.yaml: {where} is missing; add it (the committed params.yaml lists every key)")
 
 
