@@ -1,6 +1,7 @@
 """Exact resume of killed training. A training stage saves, at the end of every epoch (and every N optimizer steps
 when `checkpoints.every_steps` says so), all that the rest of the run depends on: the model, the optimizer, the lr
-schedule, every rank's RNG states (accelerate's save_state), where in the epoch it stands with the statistics
+schedule, every rank's RNG states (accelerate's save_state; under FSDP2 each rank's shards of the model and the
+optimizer, with torch.distributed.checkpoint), where in the epoch it stands with the statistics
 summed so far, and the DVCLive folders. A rerun of the stage (`dvc repro` after a kill) loads the latest one, says
 so in one line, and continues: same batches, same random draws, same DVCLive steps, so its outputs are byte for
 byte those of a run that was never killed.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from . import sharding
 from .paths import CHECKPOINTS
 
 
@@ -83,6 +85,11 @@ class Checkpoints:
                     shutil.rmtree(other, ignore_errors=True)
         accelerator.wait_for_everyone()
         self.latest = self._latest()
+        self.sharded: tuple = ()  # FSDP2's (model, optimizer), which accelerate does not hold
+
+    def track_sharded(self, model, optimizer) -> None:
+        """Checkpoint an FSDP2-sharded model and its optimizer too: each rank saves its own shards."""
+        self.sharded = (model, optimizer)
 
     def _latest(self) -> Path | None:
         pointer = self.here / "LATEST"
@@ -110,6 +117,8 @@ class Checkpoints:
         name = f"epoch{position['epoch']:04d}-step{position['step']:07d}"
         path = self.here / name
         acc.save_state(str(path))
+        if self.sharded:
+            sharding.save_sharded(str(path / "fsdp2"), *self.sharded)
         if acc.is_main_process:
             for directory in lives:
                 shutil.copytree(directory, path / "live" / directory, dirs_exist_ok=True)
@@ -130,6 +139,8 @@ class Checkpoints:
         if self.latest is None:
             return None
         self.accelerator.load_state(str(self.latest))
+        if self.sharded:
+            sharding.load_sharded(str(self.latest / "fsdp2"), *self.sharded)
         return self.position()
 
     def finish(self) -> None:

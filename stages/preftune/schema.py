@@ -202,6 +202,7 @@ ENGINE = {  # every training stage's: what large models need (training.py)
 SCHEMA = {
     "seed": _int(0),
     "launcher": Text(),
+    "sharding": Text(("none", "fsdp2", "zero2", "zero3")),  # sharding.py
     "checkpoints": {"every_steps": _int(0), "keep": Flag()},
     "data": {
         "source": Text(),

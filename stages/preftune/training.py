@@ -21,12 +21,13 @@ import ctypes
 import logging
 import math
 import os
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from . import cores
+from . import cores, sharding
 from .batching import EVAL_BATCH, batch_order
 from .checkpoints import Checkpoints
 from .errors import ConfigError
@@ -107,11 +108,13 @@ def start_training(stage: str, description: str):
 
 
 class Run:
-    """This process's place in a launch (one process, or N ranks under torchrun / accelerate launch), and the
-    Accelerator that carries it. Create it before loading a model: it sets up the process group."""
+    """This process's place in a launch (one process, or N ranks under torchrun / accelerate launch), the
+    Accelerator that carries it, and how its model is sharded (sharding.py). Create it before loading a model: it
+    sets up the process group."""
 
     def __init__(self, device: str, cfg: dict, stage: str | None = None, params: dict | None = None):
-        """`stage` and `params` (the whole params.yaml) turn on checkpoints and resume (checkpoints.py)."""
+        """`stage` and `params` (the whole params.yaml) turn on checkpoints and resume (checkpoints.py), and
+        params' `sharding`."""
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
@@ -119,18 +122,50 @@ class Run:
         if cfg["precision"] == "fp16" and resolved.type == "cpu":
             raise ConfigError("params.yaml: precision fp16 needs a GPU (CPU autocast is bf16 only); use bf16 or fp32")
         check_precision(resolved.type, cfg["precision"])
-        if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # one process may build several Runs (tests, benchmarks)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:  # one process may build several Runs (tests, benchmarks)
             AcceleratorState._reset_state()
-        self.accelerator = Accelerator(cpu=resolved.type == "cpu", mixed_precision=PRECISIONS[cfg["precision"]],
-                                       gradient_accumulation_steps=cfg["gradient_accumulation_steps"])
+        sharding.refuse_accelerate_config()
+        self.sharding = sharding.effective(params["sharding"] if params else "none", world)
+        self.fsdp2 = self.sharding == "fsdp2"
+        if self.fsdp2 and cfg["precision"] == "fp16":
+            raise ConfigError("params.yaml: sharding: fsdp2 trains in fp32 or bf16; fp16 would need a gradient "
+                              "scaler; use precision: bf16")
+        self.accelerator = Accelerator(mixed_precision=PRECISIONS[cfg["precision"]],
+                                       gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
+                                       **sharding.accelerator_options(self.sharding, cfg, resolved.type))
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
         self.device = self.accelerator.device
         self.accumulation = cfg["gradient_accumulation_steps"]
-        self.sharded = self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+        self.sharded = self.sharding != "none"
         self.checkpoints = Checkpoints(stage, params, self.accelerator) if stage else None
         self.lives: dict = {}
+
+    # What a micro-batch's backward needs, the same for every engine. accelerate's backward divides by the
+    # accumulation steps and DDP and ZeRO average over ranks, so the loss is scaled up by both; FSDP2 sums
+    # (sharding.py), so there it is not.
+    @property
+    def loss_scale(self) -> int:
+        return 1 if self.fsdp2 else self.world * self.accumulation
+
+    def accumulate(self, model):
+        return nullcontext() if self.fsdp2 else self.accelerator.accumulate(model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.fsdp2:
+            loss.backward()
+        else:
+            self.accelerator.backward(loss)
+
+    def clip_grad_norm(self, model, max_norm: float) -> float | None:
+        """Clip the gradients of the trainable parameters; the norm before clipping (None where DeepSpeed,
+        which clips inside its engine, reports none)."""
+        if self.fsdp2:
+            return sharding.clip_fsdp2(model, max_norm)
+        norm = self.accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
+        return None if norm is None else float(norm)
 
     def global_batch(self, batch_size: int) -> int:
         return batch_size * self.world * self.accumulation
@@ -193,11 +228,14 @@ class Run:
         Every rank calls this: under FSDP and ZeRO-3 the full weights are gathered here."""
         acc = self.accelerator
         acc.wait_for_everyone()
-        state = acc.get_state_dict(model) if self.sharded else None
+        if self.fsdp2:
+            state = sharding.full_state_dict_fsdp2(model)
+        else:
+            state = acc.get_state_dict(model) if self.sharded else None
         if self.is_main:
             if state is not None:
                 state = {k.removeprefix("model."): v for k, v in state.items()}
-            inner = acc.unwrap_model(model).model
+            inner = model.model if self.fsdp2 else acc.unwrap_model(model).model
             if inner.config.use_cache is False:  # enable_checkpointing's: a training setting, not saved with the model
                 inner.gradient_checkpointing_disable()
                 inner.config.use_cache = True
@@ -271,12 +309,22 @@ def release_heap_per_layer(model) -> None:
 
 
 def prepare(run: Run, model: torch.nn.Module, cfg: dict, n_items: int):
-    """The prepared model, optimizer and (unprepared: it steps once per optimizer step) lr schedule."""
-    model.to(run.device)
+    """The prepared (or FSDP2-sharded) model, optimizer and lr schedule (unprepared: it steps once per optimizer
+    step)."""
+    if run.fsdp2:
+        model = sharding.shard_fsdp2(model, run.device)
+        if cfg["precision"] == "bf16":  # what accelerate's prepare does for the other engines
+            model.forward = torch.autocast(run.device.type, dtype=torch.bfloat16)(model.forward)
+    else:
+        model.to(run.device)
     optimizer = adamw(model.parameters(), cfg["lr"], cfg["weight_decay"])
     steps = -(-n_items // run.global_batch(cfg["batch_size"])) * cfg["epochs"]
     scheduler = lr_schedule(optimizer, cfg["schedule"], steps, cfg["warmup_steps"])
-    model, optimizer = run.accelerator.prepare(model, optimizer)
+    if run.fsdp2:
+        if run.checkpoints:
+            run.checkpoints.track_sharded(model, optimizer)
+    else:
+        model, optimizer = run.accelerator.prepare(model, optimizer)
     run.accelerator.register_for_checkpointing(scheduler)
     return model, optimizer, scheduler
 
@@ -285,21 +333,18 @@ def train_step(run: Run, model, optimizer, scheduler, objective: Objective, batc
     """One optimizer step on one global batch. Returns this rank's summed statistics (with "loss" and "weight")
     and the gradient norm before clipping."""
     cores.adjust()  # a neighbour started or ended: resize the thread pool to this stage's share
-    acc, step_weight = run.accelerator, objective.weight(batch)
+    step_weight = objective.weight(batch)
     stats: dict[str, float] = {}
-    grad_norm = None
     for idx, counted in run.my_pieces(batch, run.accumulation):
-        with acc.accumulate(model):
+        with run.accumulate(model):  # the last micro-batch's backward syncs the gradients
             loss, item_stats = objective.loss(model, idx)
-            acc.backward(loss * (run.world * run.accumulation * counted / step_weight))
-            if acc.sync_gradients:  # DeepSpeed clips inside its engine and may report no norm
-                norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
-                grad_norm = None if norm is None else float(norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            run.backward(loss * (run.loss_scale * counted / step_weight))
         if counted:
             for name, value in {"loss": loss.detach(), "weight": objective.weight(idx), **item_stats}.items():
                 stats[name] = stats.get(name, 0.0) + float(value)
+    grad_norm = run.clip_grad_norm(model, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     scheduler.step()
     return stats, grad_norm
 
