@@ -97,11 +97,15 @@ def status_json(cwd: Path) -> dict:
 
 
 def edit_params(repo: Path, **changes) -> None:
-    """edit_params(repo, dpo={"beta": 0.2}) updates the given keys of params.yaml, keeping the order."""
+    """edit_params(repo, dpo={"beta": 0.2}) updates the given keys of params.yaml, keeping the order;
+    edit_params(repo, sharding="fsdp2") sets a top-level key."""
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
     for section, values in changes.items():
-        params[section].update(values)
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

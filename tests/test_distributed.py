@@ -131,6 +131,58 @@ def test_two_torchrun_agents_train_what_one_process_trains(workspace, tmp_path):
     assert m1["final_train_loss"] == pytest.approx(m2["final_train_loss"], abs=1e-5)
 
 
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "auto"}
+FULL_LR = 3e-4  # full fine-tuning: every weight moves, at a full fine-tune's usual learning rate
+# Full fine-tuning's weights against one process: AdamW moves a weight whose gradient is float noise by up to lr
+# a step, so plain DDP itself is 2.7e-5 off one process on 1 of wpe's 4,096 weights (the rows of positions the
+# short rows barely reach). A third of one step; against DDP the sharded weights are held to float noise.
+FULL_ATOL = 1e-4
+MODEL = "models/dpo/model.safetensors"
+
+
+def grad_norms(repo: Path) -> list[float]:
+    rows = (repo / "metrics/dpo_steps/plots/metrics/grad_norm.tsv").read_text().splitlines()[1:]
+    return [float(row.split("\t")[1]) for row in rows]
+
+
+def trained(repo: Path, tmp: Path, ranks: int, sharding: str, lora: bool):
+    """Train dpo on `ranks` ranks x 8 / ranks pairs under `sharding`: (its weights, as saved and loaded on this
+    one process, and every step's gradient norm)."""
+    edit_params(repo, sharding=sharding, dpo={"batch_size": 8 // ranks, "gradient_accumulation_steps": 1,
+                                              "lora": LORA if lora else None, "lr": 0.003 if lora else FULL_LR})
+    stage(repo, "dpo", ranks, tmp)
+    return load_file(repo / (ADAPTER if lora else MODEL)), grad_norms(repo)
+
+
+@pytest.fixture(scope="module")
+def unsharded(workspace, tmp_path_factory):
+    """The LoRA and the full fine-tune of 1 process and of 2 DDP ranks, once for every sharding test."""
+    tmp = tmp_path_factory.mktemp("unsharded")
+    return {(ranks, lora): trained(workspace, tmp, ranks, "none", lora) for ranks in (1, 2) for lora in (True, False)}
+
+
+@pytest.mark.parametrize("sharding", ["fsdp2", "zero3", "zero2"])
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_sharded_dpo_on_two_ranks_trains_what_one_process_trains(workspace, unsharded, tmp_path, sharding, lora):
+    """FSDP2, ZeRO-3 and ZeRO-2 on 2 CPU ranks (gloo): the saved weights (gathered on rank 0, loaded here with
+    safetensors as any later stage loads them) are one process's within the tolerance above, and DDP's within
+    float noise, and every step's gradient norm is one process's. The norms are the averaging check: AdamW hardly
+    sees a gradient's scale, so weights alone would pass with gradients summed over the ranks (FSDP2 on gloo,
+    pytorch issue 162338), but the norm would be 2x."""
+    (one, one_norms), (ddp, _) = unsharded[(1, lora)], unsharded[(2, lora)]
+    got, norms = trained(workspace, tmp_path, 2, sharding, lora)
+    manifest = json.loads((workspace / "models/dpo/manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["effective_batch_size"] == 8
+    assert set(got) == set(one), "the saved weights have other names than one process's"
+    assert not lora or max(one[k].abs().max().item() for k in one if "lora_B" in k) > 1e-3, "LoRA did not train"
+    for name in one:
+        torch.testing.assert_close(got[name], ddp[name], rtol=1e-5, atol=1e-7, msg=f"{sharding} vs DDP: {name}")
+        torch.testing.assert_close(got[name], one[name], rtol=1e-4, atol=1e-5 if lora else FULL_ATOL,
+                                   msg=f"{sharding} vs 1 process: {name}")
+    assert len(norms) == len(one_norms) == 12  # 3 epochs of 30 pairs in 8s: 4 steps each
+    assert norms == pytest.approx(one_norms, rel=1e-4), f"{sharding}: gradient norms {norms} vs {one_norms}"
+
+
 def test_reference_on_two_ranks_equals_one_and_reads_no_policy(workspace, tmp_path):
     one_opens = stage(workspace, "reference", 1, tmp_path)
     one = (workspace / REFERENCE).read_bytes()

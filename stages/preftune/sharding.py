@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import torch
 
@@ -34,6 +35,16 @@ def effective(sharding: str, world: int) -> str:
     return sharding
 
 
+def before_accelerate(device_type: str) -> None:
+    """accelerate imports DeepSpeed where it is installed, and DeepSpeed, finding no GPU, warns on every stage
+    that it falls back to the CPU: say so first. Its ZeRO collectives call torch APIs that torch deprecates, one
+    FutureWarning per layer and step: not the user's to act on."""
+    if device_type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    warnings.filterwarnings("ignore", r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is "
+                            "deprecated", FutureWarning)
+
+
 def refuse_accelerate_config() -> None:
     """An accelerate config that turns on FSDP or DeepSpeed itself would bypass the params; one way in."""
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or "ACCELERATE_DEEPSPEED_ZERO_STAGE" in os.environ:
@@ -46,13 +57,11 @@ def accelerator_options(sharding: str, cfg: dict, device_type: str) -> dict:
     CPU accelerator and gloo: accelerate would otherwise find no distributed backend off a GPU)."""
     if sharding not in ("zero2", "zero3"):
         return {"cpu": device_type == "cpu"}
-    if device_type == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed is first imported
     try:
         import deepspeed  # noqa: F401
     except ImportError:
         raise ConfigError(f"params.yaml: sharding: {sharding} needs DeepSpeed, which is an optional extra; "
-                          "pip install -r requirements-deepspeed.txt") from None
+                          "pip install 'deepspeed==0.19.8' (setup.sh installs it)") from None
     from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
 
     plugin = DeepSpeedPlugin(zero_stage=int(sharding[-1]), gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
@@ -63,6 +72,18 @@ def accelerator_options(sharding: str, cfg: dict, device_type: str) -> dict:
     if device_type == "cpu":
         options["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
     return options
+
+
+def whole_model_loading(sharding: str) -> None:
+    """Under ZeRO-3, make `from_pretrained` load whole models again once the Accelerator is built. accelerate's
+    plugin registers its config with transformers, which then partitions every model it loads across the ranks (a
+    collective). The stages load the whole model on every rank before the engine shards it (zero3_init_flag off),
+    and rank 0 alone reloads saved models after training; a partitioned load there would wait for the other ranks
+    for ever."""
+    if sharding == "zero3":
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
 
 
 def shard_fsdp2(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -112,13 +112,15 @@ class Run:
     Accelerator that carries it, and how its model is sharded (sharding.py). Create it before loading a model: it
     sets up the process group."""
 
-    def __init__(self, device: str, cfg: dict, stage: str | None = None, params: dict | None = None):
-        """`stage` and `params` (the whole params.yaml) turn on checkpoints and resume (checkpoints.py), and
-        params' `sharding`."""
+    def __init__(self, device: str, cfg: dict, stage: str | None = None, params: dict | None = None,
+                 shard: str | None = None):
+        """`stage` and `params` (the whole params.yaml) turn on checkpoints and resume (checkpoints.py); `shard`
+        (params' `sharding` when not given; benchmarks give it) says how the model is sharded."""
+        resolved = resolve_device(device)
+        sharding.before_accelerate(resolved.type)
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
-        resolved = resolve_device(device)
         if cfg["precision"] == "fp16" and resolved.type == "cpu":
             raise ConfigError("params.yaml: precision fp16 needs a GPU (CPU autocast is bf16 only); use bf16 or fp32")
         check_precision(resolved.type, cfg["precision"])
@@ -126,7 +128,7 @@ class Run:
         if world == 1:  # one process may build several Runs (tests, benchmarks)
             AcceleratorState._reset_state()
         sharding.refuse_accelerate_config()
-        self.sharding = sharding.effective(params["sharding"] if params else "none", world)
+        self.sharding = sharding.effective(shard or (params["sharding"] if params else "none"), world)
         self.fsdp2 = self.sharding == "fsdp2"
         if self.fsdp2 and cfg["precision"] == "fp16":
             raise ConfigError("params.yaml: sharding: fsdp2 trains in fp32 or bf16; fp16 would need a gradient "
@@ -134,6 +136,7 @@ class Run:
         self.accelerator = Accelerator(mixed_precision=PRECISIONS[cfg["precision"]],
                                        gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
                                        **sharding.accelerator_options(self.sharding, cfg, resolved.type))
+        sharding.whole_model_loading(self.sharding)
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
@@ -233,14 +236,21 @@ class Run:
         else:
             state = acc.get_state_dict(model) if self.sharded else None
         if self.is_main:
-            if state is not None:
-                state = {k.removeprefix("model."): v for k, v in state.items()}
             inner = model.model if self.fsdp2 else acc.unwrap_model(model).model
+            if state is not None:
+                state = without_tied_copies(inner, {k.removeprefix("model."): v for k, v in state.items()})
             if inner.config.use_cache is False:  # enable_checkpointing's: a training setting, not saved with the model
                 inner.gradient_checkpointing_disable()
                 inner.config.use_cache = True
             inner.save_pretrained(path, state_dict=state)
         acc.wait_for_everyone()
+
+
+def without_tied_copies(model, state: dict) -> dict:
+    """A gathered state dict without the second names of tied weights (GPT-2's lm_head.weight is wte's): gathering
+    copies each name's tensor, so save_pretrained would store the tied head twice; one process saves it once."""
+    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    return {k: v for k, v in state.items() if k not in tied}
 
 
 class _Silent:
