@@ -5,7 +5,7 @@ the step count went on where it stopped), the same git-tracked evaluation; and n
 
 import pytest
 
-from dvc_helpers import Background, copy_repo, dvc, edit_params, git, output, stages_run, tree_digest
+from dvc_helpers import ENV, Background, copy_repo, dvc, edit_params, git, output, stages_run, tree_digest
 
 pytestmark = pytest.mark.slow
 
@@ -48,4 +48,39 @@ def test_killed_dpo_resumes_to_the_uninterrupted_outputs(tiny_run, tmp_path):
     assert "dpo: epoch 1:" not in text and "dpo: epoch 6:" in text  # it went on, it did not start over
     assert (repo / "dvc.lock").read_text() == (straight / "dvc.lock").read_text()
     assert tree_digest(repo / "metrics") == tree_digest(straight / "metrics")  # DVCLive and git-tracked files
+    assert not (repo / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("sharding", ["fsdp2", "zero3"])
+def test_killed_sharded_dpo_resumes_to_the_uninterrupted_outputs(tiny_run, tmp_path, sharding):
+    """The same kill and resume on 2 CPU ranks with the model sharded: FSDP2's checkpoint is each rank's shards of
+    the weights and the optimizer (torch.distributed.checkpoint), ZeRO-3's DeepSpeed's own; either way the resumed
+    run's dvc.lock is the uninterrupted one's."""
+    env = {**ENV, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+
+    def sharded(dest):
+        repo = copy_repo(tiny_run.repo, dest)
+        edit_params(repo, launcher="torchrun --standalone --nproc_per_node 2", sharding=sharding,
+                    dpo={**DPO, "batch_size": 1}, checkpoints=CHECKPOINTS)  # 2 ranks x 1: the same 15 steps
+        git("commit", "-qam", f"dpo on 2 ranks, {sharding}", cwd=repo)
+        return repo
+
+    straight = sharded(tmp_path / "straight")
+    repro = dvc("repro", cwd=straight, env=env)
+    assert stages_run(repro) >= {"dpo", "evaluate"}, output(repro)
+    repo = sharded(tmp_path / "killed")
+    run = Background(["repro"], repo, env=env)
+    assert run.wait_for("dpo: epoch 2:") is not None, run.text
+    assert run.kill_tree() is not None and "dpo: epoch 6:" not in run.text, f"the kill came too late:\n{run.text}"
+    checkpoints = list((repo / "checkpoints" / "dpo").rglob("position.json"))
+    assert checkpoints, "no checkpoint to resume from"
+    if sharding == "fsdp2":  # one shard file per rank beside accelerate's RNG states
+        assert len(list(checkpoints[0].parent.glob("fsdp2/*.distcp"))) == 2
+
+    repro = dvc("repro", cwd=repo, env=env)
+    text = output(repro)
+    assert len([line for line in text.splitlines() if "resuming from checkpoint" in line]) == 1, text
+    assert "dpo: epoch 1:" not in text and "dpo: epoch 6:" in text
+    assert (repo / "dvc.lock").read_text() == (straight / "dvc.lock").read_text()
+    assert tree_digest(repo / "metrics") == tree_digest(straight / "metrics")
     assert not (repo / "checkpoints").exists()
