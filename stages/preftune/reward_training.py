@@ -31,6 +31,16 @@ class BradleyTerryObjective(Objective):
                       for split, rows in (("train", train), ("heldout", heldout))}
         self.lengths = [len(c.ids) + len(r.ids) for c, r in self.pairs["train"]]
 
+    @classmethod
+    def on_sequences(cls, run, pairs: list, cfg: dict, pad: int) -> "BradleyTerryObjective":
+        """The same objective on already-encoded (chosen, rejected) Sequence pairs, with no held-out set: what the
+        benchmarks time at exact lengths."""
+        objective = cls.__new__(cls)
+        objective.run, objective.cfg, objective.pad = run, cfg, pad
+        objective.pairs = {"train": pairs}
+        objective.lengths = [len(c.ids) + len(r.ids) for c, r in pairs]
+        return objective
+
     def wrap(self, model):
         return RewardScorer(model)
 
