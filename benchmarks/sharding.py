@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8, help="pairs per optimizer step, over all ranks")
     parser.add_argument("--length", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
+    parser.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS], choices=[c[0] for c in CONFIGS])
     parser.add_argument("--child", nargs=3, metavar=("MODEL_DIR", "SHARDING", "OUT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -110,7 +111,7 @@ def main() -> None:
         modeling.load_causal_lm(args.model).save_pretrained(model_dir)
         modeling.load_tokenizer(args.model).save_pretrained(model_dir)
         env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(Path(__file__).parent)}
-        for name, ranks, shard in CONFIGS:
+        for name, ranks, shard in [c for c in CONFIGS if c[0] in args.configs]:
             launch = [sys.executable] if ranks == 1 else [str(Path(sys.executable).parent / "torchrun"),
                                                           "--standalone", "--nproc_per_node", str(ranks)]
             out = subprocess.run([*launch, __file__, "--child", str(model_dir), shard, f"{tmp}/ckpt-{shard}-{ranks}",

@@ -103,18 +103,19 @@ def free_port() -> int:
 
 def test_two_torchrun_agents_train_what_one_process_trains(workspace, tmp_path):
     """Two nodes of one rank each, as a cluster runs them, on one host: `dvc repro -s dpo` runs the stage's command
-    on the first node, `launcher: torchrun --nnodes 2 ... --rdzv-backend c10d --rdzv-endpoint <host>:<port>`, and the
-    second node's agent is started beside it with the same rendezvous (what srun or a SkyPilot task does on every
-    other node, launch/README.md). 2 nodes x 1 rank x 4 pairs train the adapter of 1 process x 8."""
+    on the first node, `launcher: torchrun --nnodes 2 ... --rdzv-backend c10d --rdzv-endpoint <host>:<port>
+    launch/follow.py`, and the second node's agent is started beside it with the same rendezvous and no stage at all
+    (what a SkyPilot task does on every other node, launch/README.md): follow.py gives it the head's. 2 nodes x 1
+    rank x 4 pairs train the adapter of 1 process x 8."""
     one, m1, _ = dpo_adapter(workspace, tmp_path, ranks=1, batch_size=8, accumulation=1)
     edit_params(workspace, dpo={"batch_size": 4, "gradient_accumulation_steps": 1})
     agent = ["torchrun", "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
              "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "dpo"]
     params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["launcher"] = " ".join(agent)
+    params["launcher"] = " ".join([*agent, "launch/follow.py"])
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**ENV, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    second = subprocess.Popen([str(VENV_BIN / agent[0]), *agent[1:], "stages/dpo.py"], cwd=workspace, env=env,
+    second = subprocess.Popen([str(VENV_BIN / agent[0]), *agent[1:], "launch/follow.py"], cwd=workspace, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         repro = dvc("repro", "-s", "dpo", cwd=workspace, env=env, check=False)

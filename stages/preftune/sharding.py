@@ -74,6 +74,17 @@ def accelerator_options(sharding: str, cfg: dict, device_type: str) -> dict:
     return options
 
 
+def size_deepspeed_buckets(accelerator, config) -> None:
+    """ZeRO's communication buckets sized to the model, by accelerate's own rule for its `auto` values (hidden
+    size squared). DeepSpeed's fixed defaults (5e8 elements) cost each rank about 2 GB of buffers whatever the
+    model: ZeRO-2's peak RSS on the tiny scratch model was 2.3 GB against DDP's 0.4 GB."""
+    hidden = getattr(config, "hidden_size", None) or max(getattr(config, "hidden_sizes", None) or [0]) or None
+    if hidden:
+        accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"].update(
+            reduce_bucket_size=hidden * hidden, stage3_prefetch_bucket_size=int(0.9 * hidden * hidden),
+            stage3_param_persistence_threshold=10 * hidden)
+
+
 def whole_model_loading(sharding: str) -> None:
     """Under ZeRO-3, make `from_pretrained` load whole models again once the Accelerator is built. accelerate's
     plugin registers its config with transformers, which then partitions every model it loads across the ranks (a

@@ -1,6 +1,6 @@
 """The one training loop. SFT, the reward model and every preference loss run through `fit`, on one CPU or many
-GPUs. Hugging Face accelerate is the engine (DDP, FSDP, DeepSpeed, mixed precision, gradient accumulation); this
-file only decides what an optimizer step is. `train_step` reads like torchtune's single-device recipe: forward,
+GPUs. Hugging Face accelerate is the engine (DDP, DeepSpeed ZeRO, mixed precision, gradient accumulation), and
+PyTorch's own FSDP2 where `sharding: fsdp2` says so (sharding.py); this file only decides what an optimizer step is. `train_step` reads like torchtune's single-device recipe: forward,
 loss, backward, clip, step.
 
 One optimizer step takes one *global batch*: batch_size (per device) x processes x accumulation steps items, drawn
@@ -9,9 +9,10 @@ cut into processes x accumulation micro-batches, and rank r runs micro-batches r
 sees does not depend on how it is spread: 2 ranks x 4 = 1 process x 8 = accumulation 2 x 4.
 
 A micro-batch's loss is a *sum* over its items divided by the whole global batch's weight (its pair count, or its
-response-token count for SFT), times processes x accumulation steps: DDP averages gradients over ranks and
-accelerate's backward divides by the accumulation steps, so the gradient is exactly the global batch's mean, however
-the batch was cut (uneven micro-batches included). Every rank runs the same number of forwards (collectives must
+response-token count for SFT), times processes x accumulation steps: DDP and ZeRO average gradients over ranks
+and accelerate's backward divides by the accumulation steps, so the gradient is exactly the global batch's mean,
+however the batch was cut (uneven micro-batches included). Under FSDP2 the gradients are summed and not divided
+(`Run.loss_scale` is 1), which gives the same mean. Every rank runs the same number of forwards (collectives must
 match): a rank whose micro-batch of a short last batch would be empty runs a stand-in item that counts zero.
 """
 
@@ -334,6 +335,8 @@ def prepare(run: Run, model: torch.nn.Module, cfg: dict, n_items: int):
         if run.checkpoints:
             run.checkpoints.track_sharded(model, optimizer)
     else:
+        if run.sharding in ("zero2", "zero3"):
+            sharding.size_deepspeed_buckets(run.accelerator, model.model.config)
         model, optimizer = run.accelerator.prepare(model, optimizer)
     run.accelerator.register_for_checkpointing(scheduler)
     return model, optimizer, scheduler
