@@ -4,7 +4,7 @@ vocabulary projection (logprobs.full_vocab_token_logprobs), on a real pretrained
     .venv/bin/python benchmarks/logprob_memory.py                      # SmolLM2-135M-Instruct, 8 x 256 tokens
     .venv/bin/python benchmarks/logprob_memory.py --model <dir|gguf|package:...> --batch 8 --length 256
     .venv/bin/python benchmarks/logprob_memory.py --device cuda --model random-llama-1b   # a random ~1.1B Llama
-    .venv/bin/python benchmarks/logprob_memory.py --launcher 'accelerate launch --config_file launch/fsdp2_lora.yaml'
+    .venv/bin/python benchmarks/logprob_memory.py --launcher 'torchrun --standalone --nproc_per_node 2' --sharding fsdp2
 
 Each measurement is a fresh process (peak RSS cannot be reset within one): it loads the model, runs the stages'
 own step (training.train_step: AdamW on every weight with supervised.SFTObjective, as `sft` trains; a LoRA r8
@@ -15,7 +15,7 @@ bf16 the dpo measurement holds the frozen base in bf16, as the dpo stage does (m
 "+fp32base" keeps it in fp32, recast by autocast on every forward (the stage before that change).
 Sequences are random token ids: a 32-token prompt and a response to `--length`. On a GPU the peak GPU memory
 (torch.cuda.max_memory_allocated) is reported too; with --launcher each measurement runs under that launcher
-(FSDP, DeepSpeed) and rank 0 reports. Results go to benchmarks/results/ (git-ignored).
+(and --sharding: fsdp2, zero2, zero3) and rank 0 reports. Results go to benchmarks/results/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def use_full_vocabulary() -> None:
     logprobs.token_logprobs = full
 
 
-def child(stage: str, variant: str, model_dir: str, batch: int, length: int, device: str = "cpu") -> dict:
+def child(stage: str, variant: str, model_dir: str, batch: int, length: int, device: str = "cpu",
+          shard: str = "none") -> dict:
     """One measurement. `variant` is "full_vocabulary" or "chunked", optionally with "+bf16" (autocast; "+fp32base":
     the frozen base left in fp32) and "+checkpointing" (activation checkpointing), the stages' `precision` and `gradient_checkpointing` params."""
     torch.manual_seed(0)
@@ -70,7 +71,7 @@ def child(stage: str, variant: str, model_dir: str, batch: int, length: int, dev
            "gradient_checkpointing": "+checkpointing" in variant, "batch_size": batch, "epochs": 1,
            "lr": 1e-5 if stage == "sft" else 1e-4, "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 0,
            "max_grad_norm": 1.0}
-    run = Run(device, cfg)
+    run = Run(device, cfg, shard=shard)
     tokenizer = modeling.load_tokenizer(model_dir)
     model = modeling.load_causal_lm(model_dir)
     if cfg["gradient_checkpointing"]:
@@ -127,12 +128,13 @@ def main() -> None:
     parser.add_argument("--output", default="", help="file name under benchmarks/results/")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (peak GPU memory is reported too)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--launcher", default="", help="e.g. 'accelerate launch --config_file launch/fsdp2_lora.yaml "
-                        "--num_processes 1': each measurement runs under it (default: a plain python process)")
+    parser.add_argument("--launcher", default="", help="e.g. 'torchrun --standalone --nproc_per_node 2': each "
+                        "measurement runs under it (default: a plain python process)")
+    parser.add_argument("--sharding", default="none", choices=["none", "fsdp2", "zero2", "zero3"])
     parser.add_argument("--child", nargs=3, metavar=("STAGE", "VARIANT", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        out = child(*args.child, args.batch, args.length, args.device)
+        out = child(*args.child, args.batch, args.length, args.device, args.sharding)
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(out))
         return
@@ -150,14 +152,15 @@ def main() -> None:
             for variant in args.variants:
                 launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
                 out = subprocess.run([*launcher, __file__, "--child", stage, variant, tmp, "--batch",
-                                      str(args.batch), "--length", str(args.length), "--device", args.device],
+                                      str(args.batch), "--length", str(args.length), "--device", args.device,
+                                      "--sharding", args.sharding],
                                      capture_output=True, text=True, check=True)
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 gpu = f"   peak GPU {rows[-1]['peak_gpu_gb']:6.2f} GB" if "peak_gpu_gb" in rows[-1] else ""
                 print(f"{stage:4} {variant:27} peak RSS {rows[-1]['peak_rss_gb']:6.2f} GB{gpu}   "
                       f"step {rows[-1]['step_s']:7.2f} s   {rows[-1]['engine']}", flush=True)
     result = {"model": args.model, "batch": args.batch, "length": args.length, "prompt_tokens": PROMPT_TOKENS,
-              "device": args.device, "launcher": args.launcher or "python", "torch_threads": torch.get_num_threads(),
+              "device": args.device, "launcher": args.launcher or "python", "sharding": args.sharding, "torch_threads": torch.get_num_threads(),
               "rows": rows}
     path = Path(__file__).parent / "results" / (args.output or "logprob_memory.json")
     path.parent.mkdir(exist_ok=True)

@@ -407,3 +407,20 @@ def test_a_loss_mixture_trains_and_logs_each_term(base_model, split, reference, 
         assert terms[1] > 0  # a negative log-likelihood per token
     single = train(base_model, split, reference, tok, dpo_cfg(epochs=1))[0]
     assert "train_loss_sigmoid" not in single  # one loss: the log is as before
+
+
+def test_an_accelerate_config_that_shards_by_itself_is_refused(monkeypatch):
+    """`sharding` is the one switch: an accelerate config with FSDP or DeepSpeed turned on is one line."""
+    for name, value in (("ACCELERATE_USE_FSDP", "true"), ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(ConfigError, match="set sharding: fsdp2, zero2 or zero3 in params.yaml"):
+                one_process()
+
+
+def test_sharding_with_one_process_trains_unsharded_and_says_so(caplog):
+    cfg = {"precision": "fp32", "gradient_accumulation_steps": 1, "batch_size": 2, "max_grad_norm": 1.0}
+    with caplog.at_level("INFO", logger="sharding"):
+        run = Run("cpu", cfg, shard="fsdp2")
+    assert (run.sharding, run.sharded, run.fsdp2, run.loss_scale) == ("none", False, False, 1)
+    assert "nothing to shard, training unsharded" in caplog.text
