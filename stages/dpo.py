@@ -3,6 +3,10 @@ log-probs, on pairs, or with dpo.loss: kto on unpaired feedback. Saves models/dp
 merged into the base; loads with AutoModelForCausalLM, no peft) with its tokenizer and manifest.json, and the
 adapter itself in models/dpo/adapter. Logs metrics/dpo and metrics/dpo_steps (DVCLive)."""
 
+from preftune import numerics
+
+numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+
 from safetensors.torch import load_file
 
 from preftune import data, modeling

@@ -6,6 +6,10 @@ metrics/plots/.
 main() reads as the list of steps: the win rate on the held-out prompts, the KL, the judge's own accuracy,
 the gold checker's verdicts (held-out, validation and gold prompts of the built-in task), then the outputs."""
 
+from preftune import numerics
+
+numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+
 import contextlib
 import csv
 import logging

@@ -8,6 +8,10 @@ on the validation and gold prompts. The round's gold difference from its startin
 and a round whose judge win rate rose while its gold accuracy fell is flagged as reward hacking, in the log and in
 metrics/online/<round>/eval.json."""
 
+from preftune import numerics
+
+numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+
 import logging
 import time
 

@@ -15,6 +15,10 @@ Outputs: data/online/<round>/ (samples.jsonl, pairs.jsonl, logps.safetensors), m
 metrics/online/<round>/ (round.json: the counts; training/: the epoch log). Sampling, scoring and the reference run
 on the main process; training runs on every rank of the launch and resumes from checkpoints like dpo."""
 
+from preftune import numerics
+
+numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+
 import hashlib
 import logging
 import random

@@ -11,6 +11,10 @@ metrics/prepare.json. Everything is validated before the first file is written, 
 no partial outputs.
 """
 
+from preftune import numerics
+
+numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+
 import logging
 import os
 

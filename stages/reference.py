@@ -5,6 +5,10 @@ beta, the loss or the learning rate reuses its output. Launched as N ranks
 (params.yaml `launcher`), rank r computes batches r, r + N, ... on its own plain copy of models/sft (no wrapper, no
 adapter: nothing here can ever be the policy) and rank 0 writes the file."""
 
+from preftune import numerics
+
+numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+
 import logging
 from pathlib import Path
 

@@ -2,6 +2,10 @@
 unpaired feedback: a pointwise judge of the labels, reward_model.pointwise_loss).
 Saves models/reward (AutoModelForSequenceClassification) and logs metrics/reward (DVCLive)."""
 
+from preftune import numerics
+
+numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+
 import logging
 
 from preftune import data, modeling

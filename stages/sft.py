@@ -3,6 +3,10 @@ that prepare trained); any other value (a local directory, a GGUF file, a hub id
 AutoModelForCausalLM, and `sft.epochs: 0` keeps it as it is. Saves models/sft, always a plain
 safetensors checkpoint (save_pretrained), and logs metrics/sft (DVCLive)."""
 
+from preftune import numerics
+
+numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+
 import logging
 
 from preftune import data, modeling

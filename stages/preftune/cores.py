@@ -1,93 +1,71 @@
-"""Sharing the CPU cores with the other stages running on this machine.
+"""Sharing the machine's cores with the other stages running on it: by waiting, never by running fewer threads.
 
-Two torch processes that each use every core (torch's default) slow each other several-fold on a small machine:
-their OpenMP pools oversubscribe the cores and spin-wait on each other. Measured on a 2-core machine: the `dpo`
-stage took 11 s alone and 44 s each with a second copy running. This is what `dvc queue start -j 2` does.
+Two torch processes that each use every core slow each other several-fold on a small machine: their OpenMP pools
+oversubscribe the cores and spin-wait on each other (measured on 2 cores: the `dpo` stage 11 s alone, 44 s each
+with a second copy running, which is what `dvc queue start -j 2` does). Shrinking each one's thread pool would avoid
+that, but the thread count changes the bits (numerics.py). So a stage holds one lock per thread it runs, out of one
+per CPU of the machine, and a stage that finds too few free waits until they are, and says so. The locks are flock()s
+on files in a machine-wide folder: the kernel releases them when the process ends, however it ends, so a killed
+stage leaves nothing behind.
 
-So every stage registers its process in a machine-wide folder and sizes torch's thread pool to its share,
-cores // stages running. A training loop looks again at most once a second and resizes (torch.set_num_threads):
-when a neighbour starts, both shrink; when it ends, the survivor takes its cores back. Alone, a stage keeps every
-core, as before. An explicit OMP_NUM_THREADS is a choice someone made (torchrun sets 1 per rank), so this module
-then leaves the threads alone.
+Ranks under a launcher do not wait: the launcher placed them, and a rank waiting for a core that its own job's
+other rank holds would hang the job at its first collective.
 """
 
 from __future__ import annotations
 
-import atexit
+import fcntl
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+FOLDER = Path(tempfile.gettempdir()) / "preftune-cores"  # one lock file per CPU of the machine
+POLL_S = 0.5
+_held: list[int] = []  # this process's locked file descriptors, held until it exits
 
-REGISTRY = Path(tempfile.gettempdir()) / "preftune-stages"  # one empty file per running stage, named by its pid
-RECHECK_S = 1.0
 
-
-def _alive(pid: int) -> bool:
+def _try_lock(slot: int) -> int | None:
+    fd = os.open(FOLDER / f"cpu{slot}", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
-
-
-class CoreShare:
-    def __init__(self):
-        self.enabled = "OMP_NUM_THREADS" not in os.environ
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.checked = 0.0
-        if self.enabled:
-            REGISTRY.mkdir(parents=True, exist_ok=True)
-            self.mine = REGISTRY / str(os.getpid())
-            self.mine.touch()
-            atexit.register(self.close)
-            self.adjust(force=True)
-
-    def running(self) -> int:
-        """Stages running on this machine now, this one included; files of dead processes are removed."""
-        count = 0
-        for entry in REGISTRY.iterdir():
-            if entry.name.isdigit() and _alive(int(entry.name)):
-                count += 1
-            else:
-                entry.unlink(missing_ok=True)  # a stage that was killed: its file stayed behind
-        return max(count, 1)
-
-    def adjust(self, force: bool = False) -> None:
-        """Resize torch's thread pool to this stage's share of the cores (at most once a second)."""
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self.checked < RECHECK_S):
-            return
-        self.checked = now
-        threads = max(1, self.cores // self.running())
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.mine.unlink(missing_ok=True)
-
-
-_share: CoreShare | None = None
-
-
-def register() -> str | None:
-    """Count this process as a running stage (params.start_stage does; library users and tests do not). Returns
-    what the share is when another stage is running too ("1 of 2 cores, 2 stages running"), else None."""
-    global _share
-    if _share is None:
-        _share = CoreShare()
-    if not _share.enabled:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
         return None
-    running = _share.running()
-    return f"{torch.get_num_threads()} of {_share.cores} cores, {running} stages running" if running > 1 else None
+    return fd
 
 
-def adjust() -> None:
-    """A registered stage's periodic re-check (a no-op elsewhere)."""
-    if _share is not None:
-        _share.adjust()
+def hold(threads: int, waiting=lambda message: None) -> float:
+    """Hold `threads` of the machine's CPUs (all of them on a smaller machine) until this process ends; while
+    other stages hold too many, call `waiting(message)` once and wait. Returns the seconds waited."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or _held:
+        return 0.0
+    slots = os.cpu_count() or 1
+    need = min(threads, slots)
+    try:
+        FOLDER.mkdir(mode=0o777, parents=True, exist_ok=True)
+    except OSError:
+        return 0.0  # no shared folder to coordinate through: run without waiting, as torch would
+    start, told, backoff = time.monotonic(), False, random.Random()  # own generator: the seeded global stays as it is
+    while True:
+        got: list[int] = []
+        try:
+            for slot in range(slots):
+                fd = _try_lock(slot)
+                if fd is not None:
+                    got.append(fd)
+                    if len(got) == need:
+                        _held.extend(got)
+                        return time.monotonic() - start
+        except OSError:  # another user's lock files: coordinate with nobody rather than fail the stage
+            for fd in got:
+                os.close(fd)
+            return 0.0
+        for fd in got:  # too few free: give back the partial set, so two waiters cannot starve each other
+            os.close(fd)
+        if not told:
+            waiting(f"waiting for {need} free core{'s' * (need > 1)} (other stages on this machine hold "
+                    f"{slots - len(got)} of {slots})")
+            told = True
+        time.sleep(POLL_S * (0.5 + backoff.random()))

@@ -8,9 +8,8 @@ import os
 
 import yaml
 
-from . import cores
+from . import cores, numerics, schema
 from .errors import ConfigError
-from . import schema
 
 
 class Section(dict):
@@ -58,8 +57,9 @@ def start_stage(stage: str, description: str, item: str | None = None) -> Sectio
     3. load params.yaml and check it whole (schema.check: every key's type and range, then each section's rules),
        so a bad value anywhere stops every stage before it reads any data or model; the warnings of this stage's
        own section are logged;
-    4. share the CPU with the other stages running on this machine (cores.py: torch's thread pool is sized to
-       cores // stages running, and a line says so when there is a neighbour)."""
+    4. log what it computes on (numerics.describe: the mode pinned before torch loaded, the CPU, torch's
+       capability, the threads), then hold a core per thread, waiting while other stages on this machine hold
+       them (cores.py; a line says so)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     if item:
@@ -78,7 +78,12 @@ def start_stage(stage: str, description: str, item: str | None = None) -> Sectio
     params = load_params(args.params)
     params.item = getattr(args, item) if item else None
     schema.check(params, stage)
-    shared = cores.register()
-    if shared:
-        logging.getLogger(stage).info("sharing the CPU: %s", shared)
+    log = logging.getLogger(stage)
+    line, warnings = numerics.describe(params["numerics"])
+    log.info(line)
+    for warning in warnings:
+        log.warning(warning)
+    waited = cores.hold(numerics.PINNED.threads, waiting=log.info)
+    if waited >= 1:
+        log.info("waited %.0f s for free cores", waited)
     return params

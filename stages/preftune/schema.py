@@ -203,6 +203,7 @@ SCHEMA = {
     "seed": _int(0),
     "launcher": Text(),
     "sharding": Text(("none", "fsdp2", "zero2", "zero3")),  # sharding.py
+    "numerics": Text(("portable", "native")), "threads": _int(1),  # numerics.py
     "checkpoints": {"every_steps": _int(0), "keep": Flag()},
     "data": {
         "source": Text(),

@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from . import cores, sharding
+from . import sharding
 from .batching import EVAL_BATCH, batch_order
 from .checkpoints import Checkpoints
 from .errors import ConfigError
@@ -345,7 +345,6 @@ def prepare(run: Run, model: torch.nn.Module, cfg: dict, n_items: int):
 def train_step(run: Run, model, optimizer, scheduler, objective: Objective, batch: list[int], max_grad_norm: float):
     """One optimizer step on one global batch. Returns this rank's summed statistics (with "loss" and "weight")
     and the gradient norm before clipping."""
-    cores.adjust()  # a neighbour started or ended: resize the thread pool to this stage's share
     step_weight = objective.weight(batch)
     stats: dict[str, float] = {}
     for idx, counted in run.my_pieces(batch, run.accumulation):
