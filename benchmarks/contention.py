@@ -1,13 +1,14 @@
 #!/usr/bin/env python
-"""Contention: the `dpo` stage alone, two copies at once, and a 2-experiment sweep with `dvc queue start -j 1`
-against `-j 2`, each with the core-sharing policy of stages/preftune/cores.py on and off, all in one run.
+"""Contention: the `dpo` stage alone and two copies at once, at `threads: 2` (the default) and at `threads: 1`,
+and a 2-experiment sweep with `dvc queue start -j 1` against `-j 2` at the default, all in one run.
 
     .venv/bin/python benchmarks/contention.py [--repeats 3]
 
-"Off" is torch's default: every stage takes every core (OMP_NUM_THREADS = the core count, which also switches
-the policy off). "On" is the default of the stages: each takes cores // stages running, re-checked once a second.
-The runs use two copies of this workspace (git history, DVC cache, outputs) in a temporary folder, brought up to
-date with one `dvc repro` first. Results: stdout and benchmarks/results/contention.json (git-ignored).
+A stage holds one core per thread it runs (stages/preftune/cores.py) and waits while other stages hold them; the
+thread count itself is fixed by params.yaml's `threads` (numerics.py: it changes the bits). So on a 2-core machine,
+at threads 2 two stages run one after the other, and at threads 1 they run side by side, each on one core. The
+runs use two copies of this workspace (git history, DVC cache, outputs) in a temporary folder, brought up to date
+with one `dvc repro` first. Results: stdout and benchmarks/results/contention.json (git-ignored).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -25,23 +27,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
 CORES = len(os.sched_getaffinity(0))
-POLICIES = {"on": {}, "off": {"OMP_NUM_THREADS": str(CORES)}}
+THREADS = (2, 1)
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def env(policy: str) -> dict:
-    base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    return {**base, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-            "HF_HUB_OFFLINE": "1", **POLICIES[policy]}
+def run(cmd: list[str], cwd: Path) -> None:
+    subprocess.run(cmd, cwd=cwd, env=ENV, check=True, capture_output=True, text=True)
 
 
-def run(cmd: list[str], cwd: Path, policy: str = "on") -> None:
-    subprocess.run(cmd, cwd=cwd, env=env(policy), check=True, capture_output=True, text=True)
+def set_threads(dirs: list[Path], threads: int) -> None:
+    for d in dirs:
+        params = d / "params.yaml"
+        text = params.read_text()
+        params.write_text(re.sub(r"(?m)^threads: \d+", f"threads: {threads}", text, count=1))
 
 
-def stages_at_once(dirs: list[Path], policy: str) -> list[float]:
+def stages_at_once(dirs: list[Path]) -> list[float]:
     """Start `python stages/dpo.py` in each folder at the same moment; wall seconds of each."""
     start = time.monotonic()
-    procs = [subprocess.Popen([str(BIN / "python"), "stages/dpo.py"], cwd=d, env=env(policy),
+    procs = [subprocess.Popen([str(BIN / "python"), "stages/dpo.py"], cwd=d, env=ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in dirs]
     ends = []
     for proc in procs:
@@ -50,21 +54,21 @@ def stages_at_once(dirs: list[Path], policy: str) -> list[float]:
     return ends
 
 
-def sweep(repo: Path, betas: list[float], jobs: int, policy: str) -> float:
+def sweep(repo: Path, betas: list[float], jobs: int, threads: int) -> float:
     """Queue one experiment per beta, run the queue with `jobs` workers; wall seconds until all are done."""
     for beta in betas:
-        run([str(BIN / "dvc"), "exp", "run", "--queue", "-S", f"dpo.beta={beta}"], repo, policy)
+        run([str(BIN / "dvc"), "exp", "run", "--queue", "-S", f"dpo.beta={beta}", "-S", f"threads={threads}"], repo)
     start = time.monotonic()
-    run([str(BIN / "dvc"), "queue", "start", "-j", str(jobs)], repo, policy)
+    run([str(BIN / "dvc"), "queue", "start", "-j", str(jobs)], repo)
     while True:
-        status = subprocess.run([str(BIN / "dvc"), "queue", "status"], cwd=repo, env=env(policy),
+        status = subprocess.run([str(BIN / "dvc"), "queue", "status"], cwd=repo, env=ENV,
                                 capture_output=True, text=True).stdout
         if not any(word in status for word in ("Queued", "Running")):
             break
         time.sleep(1)
     seconds = time.monotonic() - start
     assert "Failed" not in status, status
-    run([str(BIN / "dvc"), "queue", "stop"], repo, policy)
+    run([str(BIN / "dvc"), "queue", "stop"], repo)
     return seconds
 
 
@@ -80,25 +84,29 @@ def main() -> None:
              "--allow-empty"], a)
         shutil.copytree(a, b, symlinks=True)
         results: dict = {"cores": CORES, "repeats": args.repeats}
-        for policy in ("off", "on"):
-            alone = [stages_at_once([a], policy)[0] for _ in range(args.repeats)]
-            pair = [max(stages_at_once([a, b], policy)) for _ in range(args.repeats)]
-            results[policy] = {"alone_s": alone, "two_at_once_s": pair}
-            print(f"policy {policy:3}: dpo alone {statistics.median(alone):5.1f} s; two at once, both done after "
+        for threads in THREADS:
+            set_threads([a, b], threads)
+            alone = [stages_at_once([a])[0] for _ in range(args.repeats)]
+            pair = [max(stages_at_once([a, b])) for _ in range(args.repeats)]
+            results[f"threads_{threads}"] = {"alone_s": alone, "two_at_once_s": pair}
+            print(f"threads {threads}: dpo alone {statistics.median(alone):5.1f} s; two at once, both done after "
                   f"{statistics.median(pair):5.1f} s (serial would be {2 * statistics.median(alone):5.1f} s)",
                   flush=True)
-        for jobs, policy, betas in ((1, "on", [0.5, 2.0]), (2, "off", [0.6, 2.1]), (2, "on", [0.7, 2.2])):
-            seconds = sweep(a, betas, jobs, policy)
-            results[f"queue_j{jobs}_{policy}_s"] = seconds
-            print(f"dvc queue start -j {jobs}, policy {policy:3}: 2 experiments in {seconds:5.1f} s", flush=True)
-    on, off = results["on"], results["off"]
+        # The sweeps run at the workspace's threads (2). A sweep at another thread count would rerun sft and reward
+        # too (threads is in their params), and the run-cache would then hand -j 1's second experiment the first
+        # one's sft: -j 1 and -j 2 would not do the same work.
+        set_threads([a, b], THREADS[0])
+        for jobs, threads, betas in ((1, 2, [0.5, 2.0]), (2, 2, [0.6, 2.1])):
+            seconds = sweep(a, betas, jobs, threads)
+            results[f"queue_j{jobs}_threads_{threads}_s"] = seconds
+            print(f"dvc queue start -j {jobs}, threads {threads}: 2 experiments in {seconds:5.1f} s", flush=True)
     med = statistics.median
+    t2, t1 = results["threads_2"], results["threads_1"]
     results["ratios"] = {
-        "alone_on_over_off": med(on["alone_s"]) / med(off["alone_s"]),
-        "two_at_once_over_serial_on": med(on["two_at_once_s"]) / (2 * med(on["alone_s"])),
-        "two_at_once_over_serial_off": med(off["two_at_once_s"]) / (2 * med(off["alone_s"])),
-        "queue_j2_over_j1_on": results["queue_j2_on_s"] / results["queue_j1_on_s"],
-        "queue_j2_over_j1_off": results["queue_j2_off_s"] / results["queue_j1_on_s"],
+        "alone_threads1_over_threads2": med(t1["alone_s"]) / med(t2["alone_s"]),
+        "two_at_once_over_serial_threads2": med(t2["two_at_once_s"]) / (2 * med(t2["alone_s"])),
+        "two_at_once_over_serial_threads1": med(t1["two_at_once_s"]) / (2 * med(t1["alone_s"])),
+        "queue_j2_over_j1_threads2": results["queue_j2_threads_2_s"] / results["queue_j1_threads_2_s"],
     }
     print("ratios (below 1: faster):", json.dumps({k: round(v, 2) for k, v in results["ratios"].items()}))
     out = REPO / "benchmarks" / "results" / "contention.json"

@@ -5,9 +5,9 @@
 
 Three measurements, each alternating native and portable (native, portable, native, ...; medians over K):
   matmul     fp32 GFLOP/s of a 1024 x 1024 matmul (MKL: its native dispatch against its COMPATIBLE path)
-  smollm2    one epoch of the dpo stage's training step (benchmarks/dpo_smollm2.py's "A fp32" configuration:
+  smollm2    the dpo stage's training step (benchmarks/dpo_smollm2.py's "A fp32" configuration:
              SmolLM2-135M-Instruct, LoRA r8, 8 pairs a step, the long ShareGPT fixture fitted to 256 tokens);
-             the median step time
+             one step of 8 pairs after an untimed warm-up step, in each of K fresh processes
   pipeline   the default `dvc repro --force` in a scratch clone of this working tree, with params.yaml's
              numerics set to each mode (once each: about 3 and 4.5 minutes on a 2-core AMD EPYC)
 Each measurement runs in a fresh process whose environment is the mode's before torch loads: portable's is
@@ -90,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="alternations of native and portable (default 3)")
     parser.add_argument("--threads", type=int, default=numerics.DEFAULT_THREADS, help="portable's threads")
-    parser.add_argument("--pairs", type=int, default=24, help="fitted pairs in the SmolLM2 epoch (default 24)")
+    parser.add_argument("--pairs", type=int, default=8, help="fitted pairs in the SmolLM2 epoch (default 8: one timed step)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the two `dvc repro --force` runs")
     args = parser.parse_args()
     print(f"{numerics.cpu_model()}, {os.cpu_count()} CPUs; portable with {args.threads} threads", flush=True)

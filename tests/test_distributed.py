@@ -61,6 +61,9 @@ def workspace(tiny_run, tmp_path_factory):
     """A copy of the tiny run, its DPO set up so that nothing random differs between launches (no LoRA dropout:
     each rank draws its own dropout masks), with 3 epochs, so that 2 of its 3 batch sizes divide unevenly."""
     repo = copy_repo(tiny_run.repo, tmp_path_factory.mktemp("distributed") / "repo")
+    # One thread a process, which is what each of 2 ranks takes (threads // ranks): the bits depend on the thread
+    # count (numerics.py), and these tests compare one process with 2 ranks.
+    edit_params(repo, threads=1)
     edit_params(repo, dpo={"epochs": 3, "lr": 0.003, "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
                                                                "target_modules": "auto"}})
     return repo
