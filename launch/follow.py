@@ -16,8 +16,16 @@ import os
 import runpy
 import sys
 from datetime import timedelta
+from pathlib import Path
 
-from torch.distributed import TCPStore
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
+from preftune import numerics  # noqa: E402
+
+# This process becomes the stage's, and torch loads below: pin the numerics first, from the params file the
+# stage will read (the head's argv names it; the other nodes read params.yaml, and main checks they agree).
+numerics.pin(sys.argv[2:])
+
+from torch.distributed import TCPStore  # noqa: E402
 
 KEY = "preftune/follow/argv"
 
@@ -32,6 +40,9 @@ def main() -> None:
     if mine and mine != argv:
         sys.exit(f"launch/follow.py: rank {os.environ['RANK']} was given {mine}, another node {argv}; start the "
                  "other nodes with nothing after launch/follow.py")
+    if numerics.requested(argv[1:]) != numerics.requested(sys.argv[2:]):
+        sys.exit(f"launch/follow.py: rank {os.environ['RANK']} pinned its numerics from params.yaml, but the stage "
+                 f"reads another params file ({' '.join(argv)}); give every node the same file as params.yaml")
     sys.argv = argv
     sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
     runpy.run_path(argv[0], run_name="__main__")

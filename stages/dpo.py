@@ -5,7 +5,8 @@ adapter itself in models/dpo/adapter. Logs metrics/dpo and metrics/dpo_steps (DV
 
 from preftune import numerics
 
-numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
+    numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
 
 from safetensors.torch import load_file
 

@@ -10,14 +10,15 @@ metrics/online/<round>/eval.json."""
 
 from preftune import numerics
 
-numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
+    numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
 
 import logging
 import time
 
-from evaluate import Evaluation, gold_verdicts, one_per_prompt
 from preftune import data, judge, modeling
 from preftune.errors import exit_on_user_error
+from preftune.evaluation import Evaluation, gold_verdicts, one_per_prompt
 from preftune.params import section, start_stage
 from preftune.paths import check_set, policy_dir, prepared, round_metrics
 from preftune.rounds import reward_hacking, round_spec

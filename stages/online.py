@@ -17,7 +17,8 @@ on the main process; training runs on every rank of the launch and resumes from 
 
 from preftune import numerics
 
-numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
+    numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
 
 import hashlib
 import logging

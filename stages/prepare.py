@@ -13,7 +13,8 @@ no partial outputs.
 
 from preftune import numerics
 
-numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
+    numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
 
 import logging
 import os

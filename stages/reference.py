@@ -7,7 +7,8 @@ adapter: nothing here can ever be the policy) and rank 0 writes the file."""
 
 from preftune import numerics
 
-numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
+    numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
 
 import logging
 from pathlib import Path

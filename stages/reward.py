@@ -4,7 +4,8 @@ Saves models/reward (AutoModelForSequenceClassification) and logs metrics/reward
 
 from preftune import numerics
 
-numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
+    numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
 
 import logging
 

@@ -5,7 +5,8 @@ safetensors checkpoint (save_pretrained), and logs metrics/sft (DVCLive)."""
 
 from preftune import numerics
 
-numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
+    numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
 
 import logging
 

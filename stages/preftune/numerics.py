@@ -24,8 +24,9 @@ speed of its native one). Under a launcher each rank takes threads // ranks on i
 so the bits hold for the same world size and launcher. They do not hold across GPUs, another torch, or native.
 
 The libraries read these settings once, when they load or at their first kernel, so a stage pins them before
-torch is imported: `numerics.pin()` is every stage script's first statement, and params.start_stage then checks
-and logs what was pinned (`describe`). This module imports neither torch nor numpy.
+torch is imported: `numerics.pin()` is every stage script's first statement (under `if __name__ == "__main__"`, so
+that a test may import a function from a stage script), and params.start_stage then checks and logs what was
+pinned (`describe`). This module imports neither torch nor numpy.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def ranks_on_this_node() -> int:
 def pin(argv: list[str] | None = None) -> Pinned:
     """Set this process's numerics from its params file, before torch loads (a stage script's first statement)."""
     global PINNED
-    if PINNED is not None:  # a stage that imports another stage's script pins once
+    if PINNED is not None:  # pinned already: the environment is set
         return PINNED
     if "torch" in sys.modules:
         raise RuntimeError("numerics.pin() ran after torch was imported: make it the stage script's first statement")

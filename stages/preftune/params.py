@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 import yaml
 
@@ -49,6 +50,14 @@ def section(params: dict, name: str) -> Section:
     return Section(name, value)
 
 
+def _quiet_progress_bars() -> None:
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()  # its own switch, read from huggingface_hub's at import
+
+
 def start_stage(stage: str, description: str, item: str | None = None) -> Section:
     """What every stage does first, in this order:
     1. parse its one option (--params, so tests and users can point it at another file), and for a dvc.yaml
@@ -75,6 +84,8 @@ def start_stage(stage: str, description: str, item: str | None = None) -> Sectio
     # Saving a tied-embedding model's checkpoint warns every epoch that the tied copy was left out, as it should be.
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not sys.stderr.isatty():  # a log file or a pipe: the libraries' progress bars ("Loading weights") are noise
+        _quiet_progress_bars()
     params = load_params(args.params)
     params.item = getattr(args, item) if item else None
     schema.check(params, stage)

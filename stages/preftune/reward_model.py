@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .batching import EVAL_BATCH, Encoder, collate, length_batches, to_device
+from .generation import generate_answers
 from .gold import is_correct
+from .modeling import load_error
 
 
 
@@ -39,8 +41,6 @@ def pointwise_loss(rewards, desirable) -> torch.Tensor:
 
 def load_reward_model(path: str, trust_remote_code: bool = False):
     from transformers import AutoModelForSequenceClassification
-
-    from .modeling import load_error
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -165,8 +165,6 @@ def gold_agreement(model, tokenizer, policy, gold: list[dict], max_length: int, 
     outputs the judge will score later) at temperature 1. Every pair of distinct answers to one prompt
     where exactly one is gold-correct is a test: agreement is the share where the correct one scores higher.
     """
-    from .generation import generate_answers
-
     records = random.Random(seed).sample(gold, min(n_prompts, len(gold)))
     prompts = [r["prompt"] for r in records for _ in range(samples)]
     answers = generate_answers(policy, tokenizer, prompts, sample=True, seed=seed, desc="judge test answers",
