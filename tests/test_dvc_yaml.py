@@ -95,3 +95,11 @@ def test_a_stage_that_imports_a_stage_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(deps, "STAGES", tmp_path / "stages")
     with pytest.raises(deps.UnresolvedImport, match="imports the stage script evaluate.py"):
         deps.code_deps("stages/evaluate_round.py")
+
+
+def test_numerics_and_threads_rerun_exactly_the_stages_that_compute_with_torch():
+    from preftune.numerics import COMPUTING_STAGES
+
+    reads = {name: spec.get("do", spec).get("params", []) for name, spec in STAGES.items()}
+    assert sorted(s for s, ps in reads.items() if "numerics" in ps) == sorted(COMPUTING_STAGES)
+    assert sorted(s for s, ps in reads.items() if "threads" in ps) == sorted(COMPUTING_STAGES)

@@ -476,6 +476,7 @@ def test_loading_a_missing_model_is_a_config_error(tmp_path):
         modeling.load_causal_lm(str(tmp_path / "nothing-here"))
 
 
+@pytest.mark.slow  # a model built and saved in subprocesses under two hash seeds
 def test_saved_adapter_config_does_not_depend_on_the_hash_seed(tmp_path, model):
     """peft stores target_modules as a set; its order must not leak into adapter_config.json."""
     import os

@@ -66,9 +66,9 @@ def start_stage(stage: str, description: str, item: str | None = None) -> Sectio
     3. load params.yaml and check it whole (schema.check: every key's type and range, then each section's rules),
        so a bad value anywhere stops every stage before it reads any data or model; the warnings of this stage's
        own section are logged;
-    4. log what it computes on (numerics.describe: the mode pinned before torch loaded, the CPU, torch's
-       capability, the threads), then hold a core per thread, waiting while other stages on this machine hold
-       them (cores.py; a line says so)."""
+    4. a stage that computes with torch (numerics.COMPUTING_STAGES) logs what it computes on (numerics.describe:
+       the mode pinned before torch loaded, the CPU, torch's capability, the threads), then holds a core per
+       thread, waiting while other stages on this machine hold them (cores.py; a line says so)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     if item:
@@ -89,6 +89,8 @@ def start_stage(stage: str, description: str, item: str | None = None) -> Sectio
     params = load_params(args.params)
     params.item = getattr(args, item) if item else None
     schema.check(params, stage)
+    if stage not in numerics.COMPUTING_STAGES:
+        return params
     log = logging.getLogger(stage)
     line, warnings = numerics.describe(params["numerics"])
     log.info(line)
