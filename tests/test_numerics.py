@@ -186,3 +186,23 @@ def test_native_sft_bits_follow_the_machines_kernels(tiny_run, tmp_path):
     assert "numerics: native (the machine's kernels" in log
     capped, _ = sft_outs(repo, {"ATEN_CPU_CAPABILITY": "default"})
     assert capped != machine
+
+
+def test_the_numerics_line_waits_for_the_stages_first_line():
+    """Bad input stops a stage with one line: what it runs on is written with its first line of its own, if any."""
+    code = """
+        import logging, sys
+        from preftune.params import _say_with_the_first_line
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        log = logging.getLogger("dpo")
+        _say_with_the_first_line(log, [(logging.INFO, "numerics: portable"), (logging.WARNING, "replaced")])
+        if sys.argv[1:] == ["error"]:
+            sys.exit("dpo: error: bad input")
+        log.info("training")
+        log.info("done")
+    """
+    quiet = subprocess.run([PYTHON, "-c", textwrap.dedent(code), "error"], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT / "stages")})
+    assert quiet.stderr.splitlines() == ["dpo: error: bad input"]
+    said = run_python(code)
+    assert said.stderr.splitlines() == ["dpo: numerics: portable", "dpo: replaced", "dpo: training", "dpo: done"]

@@ -58,6 +58,30 @@ def _quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()  # its own switch, read from huggingface_hub's at import
 
 
+class _HeldLines(logging.Filter):
+    """Lines held back until the stage's first log line of any kind, then written just before it: what a stage runs
+    on is read beside what it does, and a stage that bad input stops before it logs anything says its one error
+    line only (errors.exit_on_user_error prints it, past logging)."""
+
+    def __init__(self, handler: logging.Handler, records: list[logging.LogRecord]):
+        super().__init__()
+        self.handler, self.records = handler, records
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.handler.removeFilter(self)
+        for held in self.records:
+            self.handler.emit(held)
+        return True
+
+
+def _say_with_the_first_line(log: logging.Logger, lines: list[tuple[int, str]]) -> None:
+    records = [log.makeRecord(log.name, level, __file__, 0, text, (), None) for level, text in lines
+               if log.isEnabledFor(level)]  # rank > 0 logs warnings only
+    handlers = logging.getLogger().handlers
+    if records and handlers:
+        handlers[0].addFilter(_HeldLines(handlers[0], records))
+
+
 def start_stage(stage: str, description: str, item: str | None = None) -> Section:
     """What every stage does first, in this order:
     1. parse its one option (--params, so tests and users can point it at another file), and for a dvc.yaml
@@ -67,7 +91,8 @@ def start_stage(stage: str, description: str, item: str | None = None) -> Sectio
        so a bad value anywhere stops every stage before it reads any data or model; the warnings of this stage's
        own section are logged;
     4. a stage that computes with torch (numerics.COMPUTING_STAGES) logs what it computes on (numerics.describe:
-       the mode pinned before torch loaded, the CPU, torch's capability, the threads), then holds a core per
+       the mode pinned before torch loaded, the CPU, torch's capability, the threads; written with the stage's
+       first line, so that bad input still gives one line), then holds a core per
        thread, waiting while other stages on this machine hold them (cores.py; a line says so)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -93,9 +118,7 @@ def start_stage(stage: str, description: str, item: str | None = None) -> Sectio
         return params
     log = logging.getLogger(stage)
     line, warnings = numerics.describe(params["numerics"])
-    log.info(line)
-    for warning in warnings:
-        log.warning(warning)
+    _say_with_the_first_line(log, [(logging.INFO, line)] + [(logging.WARNING, w) for w in warnings])
     waited = cores.hold(numerics.PINNED.threads, waiting=log.info)
     if waited >= 1:
         log.info("waited %.0f s for free cores", waited)
