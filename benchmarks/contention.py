@@ -4,7 +4,7 @@ and a 2-experiment sweep with `dvc queue start -j 1` against `-j 2` at the defau
 
     .venv/bin/python benchmarks/contention.py [--repeats 3]
 
-A stage holds one core per thread it runs (stages/preftune/cores.py) and waits while other stages hold them; the
+A stage holds one core per thread it runs (stages/preftune/pipeline/cores.py) and waits while other stages hold them; the
 thread count itself is fixed by params.yaml's `threads` (numerics.py: it changes the bits). So on a 2-core machine,
 at threads 2 two stages run one after the other, and at threads 1 they run side by side, each on one core. The
 runs use two copies of this workspace (git history, DVC cache, outputs) in a temporary folder, brought up to date

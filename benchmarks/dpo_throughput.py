@@ -7,9 +7,9 @@
 Variants (each times N steps of 8 pairs after W warm-up steps; the K repeats are interleaved A, B, C, A, B, C, ...
 so that load from other processes hits every variant alike; medians over the repeats are reported):
 
-  A  this stage: preftune.training.train_step, imported, on preftune.preference.PairObjective's loss (chosen and
+  A  this stage: preftune.train.loop.train_step, imported, on preftune.train.preference_objective.PairObjective's loss (chosen and
      rejected in ONE forward, padded to the longest sequence of a length-grouped batch, reference log-probs
-     precomputed by preftune.pairs.logprobs_of): forward, sigmoid loss, backward, clip, AdamW step. The one-off
+     precomputed by preftune.train.pairs.logprobs_of): forward, sigmoid loss, backward, clip, AdamW step. The one-off
      reference pass is timed too and amortised over 3 epochs of the training pairs.
   B  naive (seed 003 style): every sequence padded to 512 tokens, chosen and rejected in separate forwards, a
      second full copy of the SFT model run as reference (no_grad) every step, log-probs summed over
@@ -54,13 +54,17 @@ for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_D
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from preftune import data as pdata  # noqa: E402
-from preftune import modeling, task  # noqa: E402
-from preftune.batching import Encoder, batch_order  # noqa: E402
-from preftune import training  # noqa: E402
-from preftune.pairs import encode_pairs, logprobs_of  # noqa: E402
-from preftune.preference import PairObjective  # noqa: E402
-from preftune.training import Run, adamw  # noqa: E402
+from preftune.data import dataset, task  # noqa: E402
+from preftune.data.encoding import Encoder  # noqa: E402
+from preftune.model import adapters, loading, scratch  # noqa: E402
+from preftune.pipeline import files  # noqa: E402
+from preftune.train import loop  # noqa: E402
+from preftune.train.batches import batch_order  # noqa: E402
+from preftune.train.loop import adamw  # noqa: E402
+from preftune.train.losses import PreferenceLoss  # noqa: E402
+from preftune.train.process import Process  # noqa: E402
+from preftune.train.pairs import encode_pairs, logprobs_of  # noqa: E402
+from preftune.train.preference_objective import PairObjective  # noqa: E402
 
 SEED = 42
 BATCH = 8
@@ -167,7 +171,7 @@ def matmul_gflops(n: int = 1024, iters: int = 30) -> float:
 
 def load_params() -> dict:
     try:
-        from preftune.params import load_params as load
+        from preftune.pipeline.params import load_params as load
         return load(str(REPO / "params.yaml"))
     except Exception:  # noqa: BLE001 - a fresh clone without params.yaml still benchmarks
         return {}
@@ -185,14 +189,14 @@ def prepare_inputs(workdir: Path, force_scratch: bool) -> dict:
             try:
                 shutil.rmtree(sft_dir, ignore_errors=True)
                 shutil.copytree(sft_src, sft_dir)
-                modeling.load_causal_lm(str(sft_dir))
-                modeling.load_tokenizer(str(sft_dir))
+                loading.load_causal_lm(str(sft_dir))
+                loading.load_tokenizer(str(sft_dir))
                 break
             except Exception:  # noqa: BLE001
                 if attempt == 2:
                     raise
                 time.sleep(5)
-        rows = pdata.read_jsonl(train_src)
+        rows = files.read_jsonl(train_src)
         return {"sft_dir": sft_dir, "rows": rows, "max_length": model_cfg["max_length"],
                 "source": f"pipeline artifacts: models/sft, data/prepared/train.jsonl ({len(rows)} pairs)"}
 
@@ -202,11 +206,11 @@ def prepare_inputs(workdir: Path, force_scratch: bool) -> dict:
     kinds = data_cfg.get("rejected_kinds") or {"habit": 0.4, "uncorrected": 0.15, "bad_fix": 0.15,
                                                "new_error": 0.15, "rambling": 0.15}
     generated = task.generate(SEED, 200, 1000, 0, noise, kinds)
-    train, _ = pdata.split_by_prompt(generated["pairs"], 50, SEED)
+    train, _ = dataset.split_by_prompt(generated["pairs"], 50, SEED)
     texts = [d["prompt"] + d["response"] for d in generated["sft"]]
-    tokenizer = modeling.train_tokenizer(texts, model_cfg["vocab_size"])
+    tokenizer = scratch.train_tokenizer(texts, model_cfg["vocab_size"])
     torch.manual_seed(SEED)
-    model = modeling.new_gpt2(tokenizer, model_cfg["n_layer"], model_cfg["n_embd"], model_cfg["n_head"],
+    model = scratch.new_gpt2(tokenizer, model_cfg["n_layer"], model_cfg["n_embd"], model_cfg["n_head"],
                               model_cfg["max_length"])
     model.save_pretrained(sft_dir)
     tokenizer.save_pretrained(sft_dir)
@@ -218,11 +222,11 @@ def prepare_inputs(workdir: Path, force_scratch: bool) -> dict:
 def lora_policy(sft_dir: Path, positions: int | None = None):
     """SFT weights + the pipeline's LoRA adapter, as stages/dpo.py builds it. `positions` widens GPT-2's
     position table (for B's 512-token padding on a model trained with fewer positions)."""
-    model = modeling.load_causal_lm(str(sft_dir))
+    model = loading.load_causal_lm(str(sft_dir))
     if positions:
         widen_positions(model, positions)
-    modeling.disable_dropout(model)
-    return modeling.attach_lora(model, LORA["r"], LORA["alpha"], LORA["dropout"], LORA["target_modules"])
+    loading.disable_dropout(model)
+    return adapters.attach_lora(model, LORA["r"], LORA["alpha"], LORA["dropout"], LORA["target_modules"])
 
 
 def widen_positions(model, positions: int) -> None:
@@ -299,7 +303,7 @@ def stage_config() -> dict:
 
 
 def batch_schedule(encoded: dict, n_steps: int) -> list[list[int]]:
-    """The pipeline's length-grouped batch orders, epoch after epoch, as training.fit draws them."""
+    """The pipeline's length-grouped batch orders, epoch after epoch, as loop.fit draws them."""
     n = len(encoded["chosen"])
     lengths = [len(encoded["chosen"][i].ids) + len(encoded["rejected"][i].ids) for i in range(n)]
     batches, epoch = [], 1
@@ -316,7 +320,7 @@ def run_stage(ctx: dict, steps: int, warmup: int, meter: CpuMeter) -> dict:
     encoded = encode_pairs(Encoder(tokenizer, ctx["max_length"]), ctx["rows"])
 
     # The reference stage: SFT log-probs of every training pair, once (forward only, batches of 64).
-    reference_model = modeling.load_causal_lm(str(ctx["sft_dir"]))
+    reference_model = loading.load_causal_lm(str(ctx["sft_dir"]))
     ref_counter = TokenCounter()
     ref_counter.attach(reference_model)
     start = time.perf_counter()
@@ -329,11 +333,12 @@ def run_stage(ctx: dict, steps: int, warmup: int, meter: CpuMeter) -> dict:
     policy = lora_policy(ctx["sft_dir"])
     counter = TokenCounter()
     counter.attach(policy)
-    # The dpo stage's own step, imported: training.train_step on preference.PairObjective's loss.
+    # The dpo stage's own step, imported: loop.train_step on PairObjective's loss.
     cfg = stage_config()
-    run = Run("cpu", cfg)
-    objective = PairObjective.on_sequences(run, encoded, reference, cfg, tokenizer.pad_token_id)
-    model, optimizer, scheduler = training.prepare(run, objective.wrap(policy), cfg, len(ctx["rows"]))
+    run = Process("cpu", cfg)
+    objective = PairObjective.on_sequences(run, encoded, reference, cfg, PreferenceLoss.from_params(cfg),
+                                           tokenizer.pad_token_id)
+    model, optimizer, scheduler = loop.prepare(run, objective.wrap(policy), cfg, len(ctx["rows"]))
     model.train()
     schedule = batch_schedule(encoded, warmup + steps)
     pairs = 0
@@ -342,7 +347,7 @@ def run_stage(ctx: dict, steps: int, warmup: int, meter: CpuMeter) -> dict:
             counter.reset()
             meter.start()
             pairs, start = 0, time.perf_counter()
-        training.train_step(run, model, optimizer, scheduler, objective, idx, cfg["max_grad_norm"])
+        loop.train_step(run, model, optimizer, scheduler, objective, idx, cfg["max_grad_norm"])
         pairs += len(idx)
         if step >= warmup:
             meter.check()
@@ -398,9 +403,9 @@ def naive_check(ctx: dict, pad_to: int) -> float:
     tokenizer = ctx["tokenizer"]
     rows = ctx["rows"][:BATCH]
     ids, mask = naive_tokenize(tokenizer, rows, pad_to)["chosen"]
-    wide = modeling.load_causal_lm(str(ctx["sft_dir"]))
+    wide = loading.load_causal_lm(str(ctx["sft_dir"]))
     widen_positions(wide, pad_to)
-    plain = modeling.load_causal_lm(str(ctx["sft_dir"]))
+    plain = loading.load_causal_lm(str(ctx["sft_dir"]))
     wide.eval()
     plain.eval()
     worst = 0.0
@@ -418,7 +423,7 @@ def run_naive(ctx: dict, steps: int, warmup: int, pad_to: int, meter: CpuMeter) 
     tokens = naive_tokenize(tokenizer, ctx["rows"], pad_to)
     positions = pad_to if pad_to > ctx["n_positions"] else None
     policy = lora_policy(ctx["sft_dir"], positions)
-    reference = modeling.load_causal_lm(str(ctx["sft_dir"]))  # the second full copy
+    reference = loading.load_causal_lm(str(ctx["sft_dir"]))  # the second full copy
     if positions:
         widen_positions(reference, positions)
     reference.eval()
@@ -467,8 +472,8 @@ def run_naive(ctx: dict, steps: int, warmup: int, pad_to: int, meter: CpuMeter) 
 
 def trl_status() -> tuple[bool, str]:
     try:
-        import trl
         import datasets  # noqa: F401
+        import trl
     except Exception as err:  # noqa: BLE001
         return False, f"skipped: trl not installed (pip install '.[bench]'): {type(err).__name__}: {err}"
     return True, f"trl {trl.__version__}"
@@ -483,8 +488,8 @@ def run_trl(ctx: dict, steps: int, warmup: int, workdir: Path, meter: CpuMeter) 
 
     datasets.disable_progress_bars()
 
-    tokenizer = modeling.load_tokenizer(str(ctx["sft_dir"]))
-    model = modeling.load_causal_lm(str(ctx["sft_dir"]))
+    tokenizer = loading.load_tokenizer(str(ctx["sft_dir"]))
+    model = loading.load_causal_lm(str(ctx["sft_dir"]))
     dataset = datasets.Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
                                           for r in ctx["rows"]])
     # transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name still works, warns).
@@ -597,8 +602,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="dpo-bench-"))
     try:
         ctx = prepare_inputs(workdir, args.scratch)
-        ctx["tokenizer"] = modeling.load_tokenizer(str(ctx["sft_dir"]))
-        sft = modeling.load_causal_lm(str(ctx["sft_dir"]))
+        ctx["tokenizer"] = loading.load_tokenizer(str(ctx["sft_dir"]))
+        sft = loading.load_causal_lm(str(ctx["sft_dir"]))
         ctx["n_sft"], ctx["n_positions"] = n_params(sft), sft.config.n_positions
         policy = lora_policy(ctx["sft_dir"])
         ctx["n_policy"] = n_params(policy)

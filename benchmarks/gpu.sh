@@ -3,7 +3,7 @@
 # On a machine with NVIDIA GPUs, after `bash setup.sh` (which installs the CUDA build of torch from PyPI there),
 # run `bash benchmarks/gpu.sh`; it needs no network. About 10 minutes on one H100/H200-class GPU.
 #
-#   1. The stages' own DPO step (training.train_step) on the GPU, fp32 against bf16, with and without activation
+#   1. The stages' own DPO step (loop.train_step) on the GPU, fp32 against bf16, with and without activation
 #      checkpointing: step time, peak GPU memory. SmolLM2-135M-Instruct (8 pairs x 256 tokens) and a random
 #      ~1.1B Llama (TinyLlama's shape; 4 pairs x 512 tokens).
 #   2. The same step under FSDP2 (sharding: fsdp2) and ZeRO-3 on every GPU present (1 GPU: nothing to shard, so

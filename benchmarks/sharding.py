@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/sharding.py                    # SmolLM2-135M-Instruct, 8 pairs x 256 tokens a step
     .venv/bin/python benchmarks/sharding.py --model <dir|gguf|package:...> --pairs 8 --length 256 --steps 3
 
-Each configuration is a fresh launch. Every rank builds the stages' own Run with that sharding, loads the model as
+Each configuration is a fresh launch. Every rank builds the stages' own Process with that sharding, loads the model as
 the reward stage does (reward_model.load_reward_model: the backbone and a `score` head, every weight trained with
-AdamW), and runs the stages' own step (training.train_step on reward_training.BradleyTerryObjective) on the same
+AdamW), and runs the stages' own step (loop.train_step on reward_objective.BradleyTerryObjective) on the same
 global batch of random token pairs: one warm-up step, then `--steps` timed ones (median reported). Per rank: peak
 RSS (getrusage), the median step time, and the bytes of that rank's share of a checkpoint (the weights and the
 optimizer state as the engine saves them: accelerate's save_state, FSDP2's torch.distributed.checkpoint shards),
@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "stages"))
 
 import torch  # noqa: E402
-
-from preftune import modeling, sharding, training  # noqa: E402
-from preftune.reward_model import load_reward_model  # noqa: E402
-from preftune.reward_training import BradleyTerryObjective  # noqa: E402
-from preftune.training import Run  # noqa: E402
-
 from logprob_memory import SMOLLM2, sequences  # noqa: E402
+
+from preftune.model import loading, runtime  # noqa: E402
+from preftune.model.reward_model import load_reward_model  # noqa: E402
+from preftune.train import loop, sharding  # noqa: E402
+from preftune.train.process import Process  # noqa: E402
+from preftune.train.reward_objective import BradleyTerryObjective  # noqa: E402
 
 CONFIGS = [("1 process", 1, "none"), ("DDP", 2, "none"), ("FSDP2", 2, "fsdp2"), ("ZeRO-3", 2, "zero3"),
            ("ZeRO-2", 2, "zero2")]
@@ -60,20 +60,20 @@ def child(model_dir: str, shard: str, pairs: int, length: int, steps: int, out_d
     cfg = {"precision": "fp32", "gradient_accumulation_steps": 1, "gradient_checkpointing": False,
            "batch_size": pairs // world, "epochs": 1, "lr": 1e-5, "weight_decay": 0.0, "schedule": "constant",
            "warmup_steps": 0, "max_grad_norm": 1.0, "center_coef": 0.0}
-    run = Run("cpu", cfg, shard=shard)
-    modeling.seed_everything(0)
-    tokenizer = modeling.load_tokenizer(model_dir)
+    run = Process("cpu", cfg, shard=shard)
+    runtime.seed_everything(0)
+    tokenizer = loading.load_tokenizer(model_dir)
     model = load_reward_model(model_dir)
     total_params = sum(p.numel() for p in model.parameters())
     vocab = len(tokenizer)
     data = list(zip(sequences(pairs, length, vocab, 1), sequences(pairs, length, vocab, 2)))
     objective = BradleyTerryObjective.on_sequences(run, data, cfg, tokenizer.pad_token_id)
-    model, optimizer, scheduler = training.prepare(run, objective.wrap(model), cfg, pairs)
+    model, optimizer, scheduler = loop.prepare(run, objective.wrap(model), cfg, pairs)
     model.train()
     times = []
     for k in range(steps + 1):  # the first is the warm-up: optimizer state and allocator pools exist after it
         start = time.perf_counter()
-        training.train_step(run, model, optimizer, scheduler, objective, list(range(pairs)), cfg["max_grad_norm"])
+        loop.train_step(run, model, optimizer, scheduler, objective, list(range(pairs)), cfg["max_grad_norm"])
         times.append(time.perf_counter() - start)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     run.accelerator.save_state(out_dir)
@@ -108,8 +108,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"  # converted once: a GGUF file dequantizes slowly
-        modeling.load_causal_lm(args.model).save_pretrained(model_dir)
-        modeling.load_tokenizer(args.model).save_pretrained(model_dir)
+        loading.load_causal_lm(args.model).save_pretrained(model_dir)
+        loading.load_tokenizer(args.model).save_pretrained(model_dir)
         env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(Path(__file__).parent)}
         for name, ranks, shard in [c for c in CONFIGS if c[0] in args.configs]:
             launch = [sys.executable] if ranks == 1 else [str(Path(sys.executable).parent / "torchrun"),

@@ -27,7 +27,7 @@ the difference "significant" when the interval excludes 0. How the interval is m
   call them significant at most 5% of the time at every seed spread it tries (0 to 0.15). The price is power:
   with 3 seeds only a difference of about 2.5 seed standard deviations, or 6 prompt standard errors, shows.
 
-The length-controlled rate (judge.length_controlled_rate) is fitted with one L1 penalty per verdict for every fit
+The length-controlled rate (win_rates.length_controlled_rate) is fitted with one L1 penalty per verdict for every fit
 (each seed's run, each configuration's pooled runs, each draw): its C chosen once by the judge's cross-validation
 on the pooled verdicts of both configurations, scaled by the number of verdicts of each fit. Deterministic: the
 same inputs print the same table.
@@ -48,7 +48,7 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
-from preftune.judge import length_controlled_penalty, length_controlled_rate  # noqa: E402
+from preftune.judging.win_rates import length_controlled_penalty, length_controlled_rate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DRAWS = 2000

@@ -800,7 +800,7 @@ def main() -> None:
         elif s == "beta_sweep":
             md += ["The DPO (`sigmoid`) loss at seven values of β; everything else is the default.", ""]
         elif s == "losses":
-            lines = ["Every loss in `stages/preftune/losses.py` at its documented default: params.yaml's "
+            lines = ["Every loss in `stages/preftune/train/losses.py` at its documented default: params.yaml's "
                      f"β={fmt_val(base['params']['dpo.beta'])} for the referenced losses, β=2 for simpo (README's "
                      "Losses table: \"use beta of about 2\", γ = `dpo.simpo_gamma`), and orpo, which ignores β "
                      "(λ = `dpo.orpo_lambda`). cdpo and robust use `dpo.label_smoothing`."]

@@ -104,7 +104,7 @@ run_set() {
     dvc exp run --queue -n "$name" "${sargs[@]}" || { echo "run.sh: could not queue $name" >&2; exit 1; }
   done <<< "$lines"
 
-  # Two workers: the stages share the cores (stages/preftune/cores.py), so a 2-job queue takes about 0.6x the
+  # Two workers: the stages share the cores (stages/preftune/pipeline/cores.py), so a 2-job queue takes about 0.6x the
   # time of a serial one on 2 cores (benchmarks/contention.py, docs/reliability.md).
   local jobs=2; [ "$set" = online ] && jobs=1
   dvc queue start -j "$jobs"

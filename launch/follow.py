@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
-from preftune import numerics  # noqa: E402
+from preftune.pipeline import numerics  # noqa: E402
 
 # This process becomes the stage's, and torch loads below: pin the numerics first, from the params file the
 # stage will read (the head's argv names it; the other nodes read params.yaml, and main checks they agree).

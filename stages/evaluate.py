@@ -6,7 +6,7 @@ metrics/plots/.
 main() reads as the list of steps: the win rate on the held-out prompts, the KL, the judge's own accuracy,
 the gold checker's verdicts (held-out, validation and gold prompts of the built-in task), then the outputs."""
 
-from preftune import numerics
+from preftune.pipeline import numerics
 
 if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
     numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
@@ -15,20 +15,23 @@ import csv
 import logging
 import statistics
 
-from preftune import data, judge, modeling, plots
-from preftune.errors import exit_on_user_error
-from preftune.evaluation import POLICIES, Compared, Evaluation, gold_verdicts, one_per_prompt
-from preftune.gold import is_correct
-from preftune.params import section, start_stage
-from preftune.paths import DPO, EVAL_METRICS, HEADLINE, PER_PROMPT, PLOTS, RUN_MANIFEST, SAMPLES, check_set, prepared
+from preftune.data.gold import is_correct
+from preftune.judging import plots, win_rates
+from preftune.judging.evaluation import POLICIES, Compared, Evaluation, gold_verdicts, one_per_prompt
+from preftune.model import runtime
+from preftune.pipeline import files
+from preftune.pipeline.errors import exit_on_user_error
+from preftune.pipeline.params import section, start_stage
+from preftune.pipeline.paths import (DPO, EVAL_METRICS, HEADLINE, PER_PROMPT, PLOTS, RUN_MANIFEST, SAMPLES, check_set,
+                                     prepared)
 
 log = logging.getLogger("evaluate")
-OUTCOME = {"a": 1.0, "tie": 0.5, "b": 0.0}  # a verdict (judge.verdict) as DPO's score: ties as half
+OUTCOME = {"a": 1.0, "tie": 0.5, "b": 0.0}  # a verdict (win_rates.verdict) as DPO's score: ties as half
 
 
 def gold_summary(correct: dict[str, list[bool]], prefix: str) -> dict:
     """Both gold accuracies and the gold win/tie/loss of DPO against SFT, named <prefix>gold_*."""
-    paired = judge.paired_difference(correct["dpo"], correct["sft"])
+    paired = win_rates.paired_difference(correct["dpo"], correct["sft"])
     return {f"{prefix}gold_accuracy_sft": paired["accuracy_b"], f"{prefix}gold_accuracy_dpo": paired["accuracy_a"],
             f"{prefix}gold_wins": paired["gold_wins"],
             f"{prefix}gold_ties": paired["n"] - paired["gold_wins"] - paired["gold_losses"],
@@ -41,7 +44,7 @@ def heldout_metrics(ev: Evaluation, heldout: list[dict]) -> tuple[dict, Compared
     metrics = compared.win_rate()
     # The same verdicts with the judge's taste for length taken out (AlpacaEval 2's control), in characters: a
     # tokenizer-free length that reads the same for any model.
-    metrics.update(judge.length_controlled_win_rate([OUTCOME[v] for v in compared.verdicts()],
+    metrics.update(win_rates.length_controlled_win_rate([OUTCOME[v] for v in compared.verdicts()],
                                                     [len(a) for a in compared.answers["dpo"]],
                                                     [len(a) for a in compared.answers["sft"]], seed=ev.seed))
     if metrics["lc_extreme_change"]:  # AlpacaEval's guard: the length fit moved the rate implausibly far
@@ -77,10 +80,10 @@ def gold_metrics(ev: Evaluation, gold: list[dict], per_prompt: dict | None = Non
     correct = gold_verdicts(gold, compared)
     if per_prompt is not None:
         per_prompt["gold"] = {f"correct_{m}": [int(c) for c in correct[m]] for m in POLICIES}
-    paired = judge.paired_difference(correct["dpo"], correct["sft"])
-    prefers = [None if v == "tie" else v == "a" for v in (judge.verdict(d, s) for d, s in
+    paired = win_rates.paired_difference(correct["dpo"], correct["sft"])
+    prefers = [None if v == "tie" else v == "a" for v in (win_rates.verdict(d, s) for d, s in
                                                           zip(compared.rewards["dpo"], compared.rewards["sft"]))]
-    agreement = judge.judge_agreement(prefers, correct["dpo"], correct["sft"])
+    agreement = win_rates.judge_agreement(prefers, correct["dpo"], correct["sft"])
     return {
         "gold_n": paired["n"], "gold_accuracy_sft": paired["accuracy_b"], "gold_accuracy_dpo": paired["accuracy_a"],
         "gold_accuracy_diff": paired["difference"], "gold_accuracy_diff_ci95": paired["difference_ci95"],
@@ -99,7 +102,7 @@ def write_samples(heldout: list[dict], compared: Compared) -> None:
                      "dpo_answer": compared.answers["dpo"][i], "sft_reward": round(compared.rewards["sft"][i], 4),
                      "dpo_reward": round(compared.rewards["dpo"][i], 4), "sft_gold_correct": gold["sft"],
                      "dpo_gold_correct": gold["dpo"], "winner": winner[verdict]})
-    with data.atomic_open(SAMPLES) as f:
+    with files.atomic_open(SAMPLES) as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -107,8 +110,8 @@ def write_samples(heldout: list[dict], compared: Compared) -> None:
 
 def write_manifest(metrics: dict) -> None:
     """The lab's run manifest: what was trained (models/dpo/manifest.json) and how it did."""
-    trained = data.read_json(f"{DPO}/manifest.json")
-    data.write_json(RUN_MANIFEST, {
+    trained = files.read_json(f"{DPO}/manifest.json")
+    files.write_json(RUN_MANIFEST, {
         **{k: trained[k] for k in ("seed", "beta", "lr", "epochs", "loss", "batch_size", "effective_batch_size")},
         **{k: metrics.get(k) for k in ("win_rate", "win_rate_ci95", "lc_win_rate", "lc_win_rate_ci95", "wins", "ties",
                                        "losses", "win_rate_informative",
@@ -148,36 +151,36 @@ def log_summary(metrics: dict) -> None:
 def main() -> None:
     params = start_stage("evaluate", __doc__)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "evaluate")
-    modeling.seed_everything(seed)
+    runtime.seed_everything(seed)
     ev = Evaluation(model_cfg, cfg, seed)
-    heldout_rows = data.read_jsonl(prepared("heldout"))
+    heldout_rows = files.read_jsonl(prepared("heldout"))
     heldout = one_per_prompt(heldout_rows)
 
     metrics, compared = heldout_metrics(ev, heldout)
     metrics["kl_dpo_sft"] = ev.kl(compared.prompts)  # sampled answers to the same fitted prompts
     # Is the judge worth hearing? Its accuracy on the held-out pairs (the lab's 50) and on fresh pairs no stage
     # trained on (the built-in task makes 500). A win rate from a judge whose interval includes chance is noise.
-    judge_pairs = data.read_optional_jsonl(check_set("judge"))
-    metrics.update(judge.judge_reliability(ev.judge_hits(heldout_rows), ev.judge_hits(judge_pairs)))
+    judge_pairs = files.read_optional_jsonl(check_set("judge"))
+    metrics.update(win_rates.judge_reliability(ev.judge_hits(heldout_rows), ev.judge_hits(judge_pairs)))
     # The DPO policy as its own judge, on the same pairs (RewardBench's score for DPO models)
     for name, hits in (("implicit_reward_accuracy", ev.implicit_reward_hits(heldout_rows)),
                        ("implicit_reward_accuracy_fresh", ev.implicit_reward_hits(judge_pairs))):
         metrics[name] = hits[0] / hits[1] if hits[1] else None
-        metrics[f"{name}_ci95"] = list(judge.wilson_interval(*hits)) if hits[1] else None
+        metrics[f"{name}_ci95"] = list(win_rates.wilson_interval(*hits)) if hits[1] else None
     if all("correct" in r for r in heldout):  # the gold checker's verdict on the same held-out answers
         metrics.update(gold_summary(gold_verdicts(heldout, compared), "heldout_"))
-    metrics.update(validation_metrics(ev, data.read_optional_jsonl(check_set("validation"))))
+    metrics.update(validation_metrics(ev, files.read_optional_jsonl(check_set("validation"))))
     # Per prompt, what the summaries above count: experiments/compare.py bootstraps over prompts and seeds with it.
     per_prompt = {"heldout": {"outcome": [OUTCOME[v] for v in compared.verdicts()],
                               **{f"length_{m}": [len(a) for a in compared.answers[m]] for m in POLICIES}}}
-    metrics.update(gold_metrics(ev, data.read_optional_jsonl(check_set("gold")), per_prompt))
+    metrics.update(gold_metrics(ev, files.read_optional_jsonl(check_set("gold")), per_prompt))
     metrics["prompts_truncated"] = ev.prompts_truncated
     metrics["sequences_truncated"] = ev.encode.truncated
     metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
 
-    data.write_json(EVAL_METRICS, metrics)
-    data.write_json(HEADLINE, headline(metrics))
-    data.write_json(PER_PROMPT, per_prompt)
+    files.write_json(EVAL_METRICS, metrics)
+    files.write_json(HEADLINE, headline(metrics))
+    files.write_json(PER_PROMPT, per_prompt)
     write_manifest(metrics)
     write_samples(heldout, compared)
     plots.render_all(metrics, compared.rewards, PLOTS)

@@ -8,7 +8,7 @@ on the validation and gold prompts. The round's gold difference from its startin
 and a round whose judge win rate rose while its gold accuracy fell is flagged as reward hacking, in the log and in
 metrics/online/<round>/eval.json."""
 
-from preftune import numerics
+from preftune.pipeline import numerics
 
 if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
     numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
@@ -16,12 +16,14 @@ if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imp
 import logging
 import time
 
-from preftune import data, judge, modeling
-from preftune.errors import exit_on_user_error
-from preftune.evaluation import Evaluation, gold_verdicts, one_per_prompt
-from preftune.params import section, start_stage
-from preftune.paths import check_set, policy_dir, prepared, round_metrics
-from preftune.rounds import reward_hacking, round_spec
+from preftune.judging import win_rates
+from preftune.judging.evaluation import Evaluation, gold_verdicts, one_per_prompt
+from preftune.model import runtime
+from preftune.pipeline import files
+from preftune.pipeline.errors import exit_on_user_error
+from preftune.pipeline.params import section, start_stage
+from preftune.pipeline.paths import check_set, policy_dir, prepared, round_metrics
+from preftune.train.rounds import reward_hacking, round_spec
 
 log = logging.getLogger("evaluate_round")
 SIDES = ("previous", "round")
@@ -39,13 +41,13 @@ def gold_figures(ev: Evaluation, records: list[dict], prefix: str) -> dict:
     for side in SIDES:
         hits = sum(correct[side]["dpo"])
         out[f"{prefix}gold_accuracy_{side}"] = hits / n
-        out[f"{prefix}gold_accuracy_{side}_ci95"] = list(judge.wilson_interval(hits, n))
-    paired = judge.paired_difference(correct["round"]["dpo"], correct["previous"]["dpo"])
+        out[f"{prefix}gold_accuracy_{side}_ci95"] = list(win_rates.wilson_interval(hits, n))
+    paired = win_rates.paired_difference(correct["round"]["dpo"], correct["previous"]["dpo"])
     out[f"{prefix}gold_diff_vs_previous"] = paired["difference"]
     out[f"{prefix}gold_diff_vs_previous_ci95"] = paired["difference_ci95"]
     rounds = compared.versus("round")
     prefers = [None if v == "tie" else v == "a" for v in rounds.verdicts()]
-    agreement = judge.judge_agreement(prefers, correct["round"]["dpo"], correct["round"]["sft"])
+    agreement = win_rates.judge_agreement(prefers, correct["round"]["dpo"], correct["round"]["sft"])
     out[f"{prefix}judge_gold_agreement"] = agreement["agreement"]
     return out
 
@@ -55,10 +57,10 @@ def main() -> None:
     name = params.item
     start, _ = round_spec(params, name)
     seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "evaluate")
-    modeling.seed_everything(seed)
+    runtime.seed_everything(seed)
     started = time.perf_counter()
     ev = Evaluation(model_cfg, cfg, seed, others={"previous": policy_dir(start), "round": policy_dir(name)})
-    heldout = one_per_prompt(data.read_jsonl(prepared("heldout")))
+    heldout = one_per_prompt(files.read_jsonl(prepared("heldout")))
 
     compared = ev.compare(heldout)
     metrics = {"round": name, "from": start}
@@ -67,13 +69,13 @@ def main() -> None:
         prefix = "" if side == "round" else "previous_"
         metrics.update({f"{prefix}{k}": summary[k] for k in ("win_rate", "win_rate_ci95", "wins", "ties", "losses")})
         metrics[f"{prefix}kl_sft"] = ev.kl(compared.prompts, side)
-    metrics.update(gold_figures(ev, data.read_optional_jsonl(check_set("validation")), "validation_"))
-    metrics.update(gold_figures(ev, data.read_optional_jsonl(check_set("gold")), ""))
+    metrics.update(gold_figures(ev, files.read_optional_jsonl(check_set("validation")), "validation_"))
+    metrics.update(gold_figures(ev, files.read_optional_jsonl(check_set("gold")), ""))
     metrics["reward_hacking"] = reward_hacking(
         {"win_rate": metrics["previous_win_rate"], "gold_accuracy": metrics.get("gold_accuracy_previous")},
         {"win_rate": metrics["win_rate"], "gold_accuracy": metrics.get("gold_accuracy_round")})
     metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
-    data.write_json(f"{round_metrics(name)}/eval.json", metrics)
+    files.write_json(f"{round_metrics(name)}/eval.json", metrics)
 
     gold = (f" | gold accuracy {metrics['gold_accuracy_previous']:.3f} -> {metrics['gold_accuracy_round']:.3f} "
             f"(difference {metrics['gold_diff_vs_previous']:+.3f}, 95% [{metrics['gold_diff_vs_previous_ci95'][0]:+.3f}, "

@@ -13,10 +13,10 @@ import argparse
 import logging
 import os
 
-from preftune import data
-from preftune.errors import DataError, exit_on_user_error
-from preftune.formats import HUB_INSTALL_HINT
-from preftune.paths import RAW
+from preftune.data.formats import HUB_INSTALL_HINT
+from preftune.pipeline import files
+from preftune.pipeline.errors import DataError, exit_on_user_error
+from preftune.pipeline.paths import RAW
 
 log = logging.getLogger("fetch_hub")
 
@@ -39,7 +39,7 @@ def fetch(name: str, split: str, revision: str | None) -> str:
         raise DataError(f"{name}[{split}]@{revision}: could not load it from the Hub ({' '.join(str(err).split())}); "
                         "check the name, split and revision, and that the network is on (HF_HUB_OFFLINE=0)") from err
     path = target_path(name, split, revision)
-    data.write_jsonl(path, [dict(row) for row in rows])
+    files.write_jsonl(path, [dict(row) for row in rows])
     return path
 
 

@@ -15,7 +15,7 @@ Outputs: data/online/<round>/ (samples.jsonl, pairs.jsonl, logps.safetensors), m
 metrics/online/<round>/ (round.json: the counts; training/: the epoch log). Sampling, scoring and the reference run
 on the main process; training runs on every rank of the launch and resumes from checkpoints like dpo."""
 
-from preftune import numerics
+from preftune.pipeline import numerics
 
 if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
     numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
@@ -28,19 +28,22 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from preftune import budget, data, formats, modeling
-from preftune.batching import EVAL_BATCH, Encoder
-from preftune.errors import ConfigError, DataError, exit_on_user_error
-from preftune.generation import generate_answers
-from preftune.gold import is_correct
-from preftune.pairs import reference_tensors
-from preftune.params import section, start_stage
-from preftune.policy import train_and_save
-from preftune.paths import REWARD, SFT, policy_dir, prepared, round_data, round_metrics
-from preftune.preference import preference_objective
-from preftune.reward_model import load_reward_model, score_texts
-from preftune.rounds import form_pairs, round_seed, round_spec
-from preftune.training import Run
+from preftune.data import formats, length_rule
+from preftune.data.encoding import EVAL_BATCH, Encoder
+from preftune.data.gold import is_correct
+from preftune.model import loading, runtime
+from preftune.model.generation import generate_answers
+from preftune.model.reward_model import load_reward_model, score_texts
+from preftune.pipeline import files
+from preftune.pipeline.errors import ConfigError, DataError, exit_on_user_error
+from preftune.pipeline.params import section, start_stage
+from preftune.pipeline.paths import REWARD, SFT, policy_dir, prepared, round_data, round_metrics
+from preftune.train.loop import Run
+from preftune.train.losses import PreferenceLoss
+from preftune.train.pairs import reference_tensors
+from preftune.train.policy import train_and_save
+from preftune.train.preference_objective import preference_objective
+from preftune.train.rounds import form_pairs, round_seed, round_spec
 
 log = logging.getLogger("online")
 
@@ -56,24 +59,24 @@ def training_prompts(train: list[dict], limit: int | None, seed: int) -> list[di
 
 def sampling_prompts(train: list[dict], online: dict, encode, seed: int) -> tuple[list[dict], int]:
     """training_prompts, each prompt cut to what online.max_new_tokens leave of max_length by prepare's rule
-    (budget.fit_prompts: a conversation keeps its system message and headers), and how many were cut. The pairs
+    (length_rule.fit_prompts: a conversation keeps its system message and headers), and how many were cut. The pairs
     then train on the prompt that was sampled from."""
     records = training_prompts(train, online["prompts"], seed)
-    fitted, cut = budget.fit_prompts(records, encode, budget.generation_budget(encode.max_length,
+    fitted, cut = length_rule.fit_prompts(records, encode, length_rule.generation_budget(encode.max_length,
                                                                                online["max_new_tokens"]),
                                      formats.renderer(encode.tokenizer))
     return [{**r, "prompt": p} for r, p in zip(records, fitted)], cut
 
 
-def sample_and_score(run, online: dict, cfg: dict, start: str, records: list[dict], tokenizer, encode,
+def sample_and_score(process, online: dict, cfg: dict, start: str, records: list[dict], tokenizer, encode,
                      max_length: int, seed: int):
-    """online.samples answers per record's prompt (fitted: budget.fit_prompts) from models/<start>, their scores and
+    """online.samples answers per record's prompt (fitted: length_rule.fit_prompts) from models/<start>, their scores and
     whether each ended (the reward model scores an answer that ran out of tokens without EOS, as it trained)."""
     k = online["samples"]
     prompts = [r["prompt"] for r in records for _ in range(k)]
-    policy = modeling.load_causal_lm(policy_dir(start)).to(run.device)
+    policy = loading.load_causal_lm(policy_dir(start)).to(process.device)
     stats: dict = {}
-    with modeling.autocast(run.device, cfg["precision"]):
+    with runtime.autocast(process.device, cfg["precision"]):
         answers = generate_answers(policy, tokenizer, prompts, max_new_tokens=online["max_new_tokens"],
                                    batch_size=EVAL_BATCH, sample=True, seed=seed, desc=f"sample from {start}",
                                    max_length=max_length, stats=stats, temperature=online["temperature"])
@@ -81,9 +84,9 @@ def sample_and_score(run, online: dict, cfg: dict, start: str, records: list[dic
     if online["judge"] == "gold":
         scores = [float(is_correct(r, a)) for r, a in zip((r for r in records for _ in range(k)), answers)]
     else:
-        judge = load_reward_model(REWARD).to(run.device)
-        with modeling.autocast(run.device, cfg["precision"]):
-            scores = score_texts(judge, encode, prompts, answers, run.device, desc="score samples",
+        judge = load_reward_model(REWARD).to(process.device)
+        with runtime.autocast(process.device, cfg["precision"]):
+            scores = score_texts(judge, encode, prompts, answers, process.device, desc="score samples",
                                  finished=stats["finished"])
     groups = lambda values: [values[i * k:(i + 1) * k] for i in range(len(records))]  # noqa: E731
     return groups(answers), groups(scores), groups(stats["finished"])
@@ -95,22 +98,23 @@ def main() -> None:
     start, cfg = round_spec(params, name)
     online, model_cfg = section(params, "online"), section(params, "model")
     seed = params["seed"] if cfg.get("seed") is None else cfg["seed"]
-    run = Run(model_cfg["device"], cfg, f"online@{name}", params)
-    modeling.seed_everything(seed)
-    train, heldout = data.read_jsonl(prepared("train")), data.read_jsonl(prepared("heldout"))
+    run = Run.of_stage(f"online@{name}", cfg, params)
+    process = run.process
+    runtime.seed_everything(seed)
+    train, heldout = files.read_jsonl(prepared("train")), files.read_jsonl(prepared("heldout"))
     if online["judge"] == "gold" and not all("correct" in r for r in train):
         raise ConfigError("params.yaml: online.judge: gold needs the built-in task's gold checker (data.source: "
                           "grammar), and these training rows have none; use online.judge: reward")
-    tokenizer = modeling.load_tokenizer(SFT)
+    tokenizer = loading.load_tokenizer(SFT)
     encode = Encoder(tokenizer, model_cfg["max_length"])
     out, metrics = Path(round_data(name)), Path(round_metrics(name))
     pairs_path, reference_path = out / "pairs.jsonl", str(out / "logps.safetensors")
 
     started = time.perf_counter()
-    if run.is_main:
+    if process.is_main:
         draw = round_seed(seed, name)  # each round its own prompts (with online.prompts) and samples
         records, prompts_cut = sampling_prompts(train, online, encode, draw)
-        answers, scores, finished = sample_and_score(run, online, cfg, start, records, tokenizer, encode,
+        answers, scores, finished = sample_and_score(process, online, cfg, start, records, tokenizer, encode,
                                                      model_cfg["max_length"], draw)
         rows, counts = form_pairs(records, answers, scores, finished)
         if not rows:
@@ -118,14 +122,14 @@ def main() -> None:
                             f"the same ({counts['ties_dropped']} ties), so there is nothing to prefer; raise "
                             "online.samples or online.temperature, or use another online.judge")
         out.mkdir(parents=True, exist_ok=True)
-        data.write_jsonl(out / "samples.jsonl", [
+        files.write_jsonl(out / "samples.jsonl", [
             {"prompt": r["prompt"], "answer": a, "score": s, "finished": f}
             for r, group, group_scores, group_finished in zip(records, answers, scores, finished)
             for a, s, f in zip(group, group_scores, group_finished)])
-        data.write_jsonl(pairs_path, rows)
-        reference = modeling.load_causal_lm(SFT if online["reference"] == "sft" else policy_dir(start))
-        save_file(reference_tensors(reference.to(run.device).eval(), {"train": rows, "heldout": heldout}, encode,
-                                    run.device, cfg["precision"], desc="reference log-probs"), reference_path)
+        files.write_jsonl(pairs_path, rows)
+        reference = loading.load_causal_lm(SFT if online["reference"] == "sft" else policy_dir(start))
+        save_file(reference_tensors(reference.to(process.device).eval(), {"train": rows, "heldout": heldout}, encode,
+                                    process.device, cfg["precision"], desc="reference log-probs"), reference_path)
         del reference
         log.info("round %s: sampled, scored and the reference log-probs in %.0f s", name, time.perf_counter() - started)
         weights = Path(policy_dir(start)) / "model.safetensors"
@@ -137,17 +141,18 @@ def main() -> None:
                  "rejected %.3f on average); %d answers ran out of tokens", name, counts["prompts"],
                  online["samples"], start, online["judge"], counts["pairs"], counts["ties_dropped"],
                  counts["score_chosen_mean"], counts["score_rejected_mean"], counts["answers_cut"])
-    run.accelerator.wait_for_everyone()
+    process.accelerator.wait_for_everyone()
 
     trained_from = time.perf_counter()
-    rows = data.read_jsonl(pairs_path)
-    objective = preference_objective(run, encode, rows, heldout, cfg, load_file(reference_path), reference_path)
+    rows = files.read_jsonl(pairs_path)
+    objective = preference_objective(process, encode, rows, heldout, cfg, PreferenceLoss.from_params(cfg),
+                                     load_file(reference_path), reference_path)
     train_and_save(run, cfg, seed, objective, tokenizer, encode, start=policy_dir(start), out=policy_dir(name),
                    lives=(str(metrics / "training"),), card=(params, f"online.rounds.{name}", str(pairs_path)))
     log.info("round %s: trained in %.0f s (%.0f s in all)", name, time.perf_counter() - trained_from,
              time.perf_counter() - started)
-    if run.is_main:
-        data.write_json(metrics / "round.json", {k: round(v, 6) if isinstance(v, float) else v
+    if process.is_main:
+        files.write_json(metrics / "round.json", {k: round(v, 6) if isinstance(v, float) else v
                                                  for k, v in counts.items()})
     run.end()
 

@@ -5,13 +5,13 @@ a byte-level BPE trained here, so lengths are decided in the model's own tokens.
 Source `grammar` generates the built-in grammar-tutor task from `seed`, with its gold, validation and judge sets
 in data/prepared/checks/; any other source is a file under data/raw/ (yaml, jsonl, json, csv, parquet) of
 preference pairs or of unpaired feedback (formats.py), which dvc.yaml lists as a dependency, so editing it
-reruns this stage and whatever its outputs feed. Rows are fitted to `model.max_length` (budget.py: cut, or
+reruns this stage and whatever its outputs feed. Rows are fitted to `model.max_length` (length_rule.py: cut, or
 dropped under `data.truncation: drop`), exact duplicates dropped or refused (`data.duplicates`), all counted in
 metrics/prepare.json. Everything is validated before the first file is written, so a bad input leaves
 no partial outputs.
 """
 
-from preftune import numerics
+from preftune.pipeline import numerics
 
 if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
     numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
@@ -19,11 +19,13 @@ if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imp
 import logging
 import os
 
-from preftune import budget, data, formats, modeling, task
-from preftune.batching import Encoder
-from preftune.errors import ConfigError, DataError, exit_on_user_error
-from preftune.params import section, start_stage
-from preftune.paths import CHECKS, PREPARE_METRICS, RAW, TOKENIZER, check_set, prepared
+from preftune.data import dataset, formats, length_rule, task
+from preftune.data.encoding import Encoder
+from preftune.model import loading, scratch
+from preftune.pipeline import files
+from preftune.pipeline.errors import ConfigError, DataError, exit_on_user_error
+from preftune.pipeline.params import section, start_stage
+from preftune.pipeline.paths import CHECKS, PREPARE_METRICS, RAW, TOKENIZER, check_set, prepared
 
 log = logging.getLogger("prepare")
 
@@ -100,15 +102,15 @@ def write_checks(checks: dict[str, list[dict]]) -> None:
         if os.path.exists(check_set(name)) and name not in checks:
             os.remove(check_set(name))
     for name, rows in checks.items():
-        data.write_jsonl(check_set(name), rows)
+        files.write_jsonl(check_set(name), rows)
     what = (", ".join(f"{name}.jsonl ({len(rows)} rows)" for name, rows in checks.items()) if checks
             else "nothing: this dataset has no gold checker")
-    with data.atomic_open(f"{CHECKS}/README.md") as f:
+    with files.atomic_open(f"{CHECKS}/README.md") as f:
         f.write(f"The built-in task's extra sets for checking models (gold, validation, judge). Here: {what}.\n")
 
 
 def drop_duplicates(pairs: list[dict], policy: str, source: str) -> tuple[list[dict], int]:
-    repeats = data.find_duplicates(pairs)
+    repeats = dataset.find_duplicates(pairs)
     if repeats and policy == "error":
         row, first = repeats[0]
         same = "completion and label" if formats.is_unpaired(pairs) else "chosen and rejected"
@@ -124,13 +126,13 @@ def main() -> None:
 
     model_cfg = section(params, "model")
     max_length = model_cfg["max_length"]
-    max_prompt = budget.default_prompt_length(max_length, model_cfg["max_prompt_length"])  # < max_length: schema.py
-    scratch = model_cfg["base"] == "scratch"
+    max_prompt = length_rule.default_prompt_length(max_length, model_cfg["max_prompt_length"])  # < max_length: schema.py
+    from_scratch = model_cfg["base"] == "scratch"
     if cfg["source"] != "grammar":
         check_source(cfg["source"])  # before a tokenizer is loaded: a wrong path fails in a second
     # The model's tokenizer decides lengths and renders conversations: a pretrained one is loaded first
     # (its chat template renders the rows); a scratch one is trained on the rows, rendered as plain lines.
-    tokenizer = None if scratch else modeling.load_tokenizer(model_cfg["base"], model_cfg["trust_remote_code"])
+    tokenizer = None if from_scratch else loading.load_tokenizer(model_cfg["base"], model_cfg["trust_remote_code"])
     render = formats.renderer(tokenizer) if tokenizer is not None else formats.render_plain
     if cfg["source"] == "grammar":  # a generator may repeat a pair by chance: that is sampling, not a bad row
         generated, duplicates = built_in_task(seed, cfg), 0
@@ -140,24 +142,24 @@ def main() -> None:
         rows, sft, checks = load_user_rows(cfg["source"], cfg["format"], render), None, {}
         rows, duplicates = drop_duplicates(rows, cfg["duplicates"], cfg["source"])
     n_read = len(rows) + duplicates
-    if scratch:
-        tokenizer = modeling.train_tokenizer(scratch_tokenizer_texts(rows, sft), model_cfg["vocab_size"])
-    modeling.ensure_pad_token(tokenizer)
-    rows, lengths = budget.fit_rows(rows, Encoder(tokenizer, max_length), max_prompt, cfg["truncation"], render)
+    if from_scratch:
+        tokenizer = scratch.train_tokenizer(scratch_tokenizer_texts(rows, sft), model_cfg["vocab_size"])
+    loading.ensure_pad_token(tokenizer)
+    rows, lengths = length_rule.fit_rows(rows, Encoder(tokenizer, max_length), max_prompt, cfg["truncation"], render)
     if not rows:
         raise ConfigError(f"params.yaml: model.max_length: {max_length} tokens leave no room "
                           "for any row; raise it")
-    # A conversation keeps its prompt's messages: evaluate and the rounds cut prompts by the same rule (budget.py).
+    # A conversation keeps its prompt's messages: evaluate and the rounds cut prompts by the same rule (length_rule.py).
     rows = [{**{k: v for k, v in r.items() if k != "messages"},
              **({"messages": {"prompt": r["messages"]["prompt"]}} if "messages" in r else {})} for r in rows]
     unpaired = formats.is_unpaired(rows)
-    train, heldout = data.split_by_prompt(rows, cfg["heldout"], seed)
+    train, heldout = dataset.split_by_prompt(rows, cfg["heldout"], seed)
     if sft is None:
         sft = sft_demos(train)
-    train, swapped = data.swap_labels(train, cfg["label_noise"], seed)
+    train, swapped = dataset.swap_labels(train, cfg["label_noise"], seed)
 
     for name, split in (("train", train), ("heldout", heldout), ("sft", sft)):
-        data.write_jsonl(prepared(name), split)
+        files.write_jsonl(prepared(name), split)
     write_checks(checks)
     tokenizer.save_pretrained(TOKENIZER)
     unit = "rows" if unpaired else "pairs"
@@ -169,13 +171,13 @@ def main() -> None:
         "duplicates_dropped": duplicates,
         "length": lengths,
         "label_swapped": swapped,
-        "train_lengths": data.length_stats(train),
+        "train_lengths": dataset.length_stats(train),
     }
     if cfg["source"] == "grammar":  # what the built-in task's rows are made of
-        metrics.update({"train_by_category": data.count_by(train, "category"),
-                        "train_by_rejected_kind": data.count_by(train, "rejected_kind"),
-                        "sft_by_tutor_kind": data.count_by(sft, "tutor_kind")})
-    data.write_json(PREPARE_METRICS, metrics)
+        metrics.update({"train_by_category": dataset.count_by(train, "category"),
+                        "train_by_rejected_kind": dataset.count_by(train, "rejected_kind"),
+                        "sft_by_tutor_kind": dataset.count_by(sft, "tutor_kind")})
+    files.write_json(PREPARE_METRICS, metrics)
     answers = formats.answer_fields(rows[0])
     log.info("%d rows read, %d duplicates dropped; fitted to %d tokens (prompts up to %d, truncation: %s): "
              "%d rows cut (%d prompts lost %d tokens: %d old turns dropped, %d cut inside an earlier turn, %d inside "

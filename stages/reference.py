@@ -5,7 +5,7 @@ beta, the loss or the learning rate reuses its output. Launched as N ranks
 (params.yaml `launcher`), rank r computes batches r, r + N, ... on its own plain copy of models/sft (no wrapper, no
 adapter: nothing here can ever be the policy) and rank 0 writes the file."""
 
-from preftune import numerics
+from preftune.pipeline import numerics
 
 if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
     numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
@@ -15,12 +15,13 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from preftune import data, modeling
-from preftune.batching import Encoder
-from preftune.errors import exit_on_user_error
-from preftune.params import section, start_stage
-from preftune.paths import REFERENCE, REFERENCE_ENCODING, SFT, prepared
-from preftune.pairs import reference_tensors
+from preftune.data.encoding import Encoder
+from preftune.model import loading, runtime
+from preftune.pipeline import files
+from preftune.pipeline.errors import exit_on_user_error
+from preftune.pipeline.params import section, start_stage
+from preftune.pipeline.paths import REFERENCE, REFERENCE_ENCODING, SFT, prepared
+from preftune.train.pairs import reference_tensors
 
 log = logging.getLogger("reference")
 
@@ -31,18 +32,18 @@ def main() -> None:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState(cpu=modeling.resolve_device(model_cfg["device"]).type == "cpu")
+    state = PartialState(cpu=runtime.resolve_device(model_cfg["device"]).type == "cpu")
     device, rank, world = state.device, state.process_index, state.num_processes
-    tokenizer = modeling.load_tokenizer(SFT)
-    model = modeling.load_causal_lm(SFT).to(device).eval()
+    tokenizer = loading.load_tokenizer(SFT)
+    model = loading.load_causal_lm(SFT).to(device).eval()
     encode = Encoder(tokenizer, model_cfg["max_length"])
-    rows = {split: data.read_jsonl(prepared(split)) for split in ("train", "heldout")}
+    rows = {split: files.read_jsonl(prepared(split)) for split in ("train", "heldout")}
     tensors = reference_tensors(model, rows, encode, device, precision, rank, world, gather_object)
     if not state.is_main_process:
         return
     Path(REFERENCE).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, REFERENCE)
-    data.write_json(REFERENCE_ENCODING, encode.stats())  # truncations this stage saw
+    files.write_json(REFERENCE_ENCODING, encode.stats())  # truncations this stage saw
     log.info("reference log-probs (%s) of %d train and %d held-out rows; %s", precision, len(rows["train"]),
              len(rows["heldout"]), encode.stats())
 

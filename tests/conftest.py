@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from dvc_helpers import ENV, STAGES, dvc, git, output, stages_run, tiny_clone
 
-from preftune import modeling, task
+from dvc_helpers import ENV, STAGES, dvc, git, output, stages_run, tiny_clone
+from preftune.data import task
+from preftune.model import scratch
 
 KINDS = {"habit": 1, "uncorrected": 1, "bad_fix": 1, "new_error": 1, "rambling": 1}
 
@@ -22,14 +23,14 @@ def generated():
 def tok(generated):
     texts = [d["prompt"] + d["response"] for d in generated["sft"]]
     texts += [p["prompt"] + p[k] for p in generated["pairs"] for k in ("chosen", "rejected")]
-    return modeling.train_tokenizer(texts, 300)
+    return scratch.train_tokenizer(texts, 300)
 
 
 @pytest.fixture(scope="session")
 def base_model(tok):
     """Shared and never modified: tests that train or wrap a model take a deepcopy."""
     torch.manual_seed(0)
-    return modeling.new_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=128).eval()
+    return scratch.new_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=128).eval()
 
 
 @dataclass

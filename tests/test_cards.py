@@ -2,7 +2,7 @@
 
 import yaml
 
-from preftune.cards import hub_id, write_model_card
+from preftune.pipeline.cards import hub_id, write_model_card
 
 
 def card(tmp_path, base: str) -> tuple[dict, str]:

@@ -34,7 +34,8 @@ def test_rewrite_replaces_code_deps_and_keeps_the_rest():
             "      - stages/preftune/nonexistent.py\n    outs:\n      - data/prepared/train.jsonl\n")
     new = deps.rewrite(text)
     assert "nonexistent" not in new and "      - data/raw   # a comment\n      - stages/prepare.py\n" in new
-    assert "      - stages/preftune/budget.py\n" in new and new.endswith("    outs:\n      - data/prepared/train.jsonl\n")
+    assert "      - stages/preftune/data/length_rule.py\n" in new
+    assert new.endswith("    outs:\n      - data/prepared/train.jsonl\n")
 
 
 def test_beta_and_reward_lr_reach_only_their_stages():
@@ -42,6 +43,30 @@ def test_beta_and_reward_lr_reach_only_their_stages():
     # the on-policy rounds train with dpo's settings (none run by default)
     assert [s for s, ps in reads.items() if "dpo" in ps or "dpo.beta" in ps] == ["dpo", "online"]
     assert [s for s, ps in reads.items() if "reward" in ps or "reward.lr" in ps] == ["reward"]
+
+
+# Where code lives decides what reruns: an edit to each of these modules reruns exactly these stages (then what
+# consumes their outputs). tests/test_pipeline_e2e.py confirms some of them with `dvc repro --dry` after a real run.
+RERUNS = {
+    "data/task.py": {"prepare"},  # the generator: no stage that only checks answers
+    "data/gold.py": {"sft", "reward", "evaluate", "online", "evaluate_round"},  # the checker: not prepare
+    "data/dataset.py": {"prepare"},
+    "model/scratch.py": {"prepare", "sft"},
+    "model/adapters.py": {"dpo", "online"},  # LoRA: not sft or reward, which train every weight
+    "model/reward_model.py": {"reward", "evaluate", "online", "evaluate_round"},
+    "train/losses.py": {"dpo", "online"},  # a loss: never the reference log-probs
+    "train/pairs.py": {"reference", "dpo", "online"},
+    "train/loop.py": {"sft", "reward", "dpo", "online"},  # the loop: not reference or evaluate
+    "train/reward_objective.py": {"reward"},
+    "judging/win_rates.py": {"evaluate", "evaluate_round"},
+    "judging/plots.py": {"evaluate"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(RERUNS))
+def test_an_edit_to_a_module_reruns_exactly_its_stages(module):
+    declared = {name for name, spec in STAGES.items() if f"stages/preftune/{module}" in spec.get("do", spec)["deps"]}
+    assert declared == RERUNS[module]
 
 
 # What a stage really loads: its script imported in a fresh interpreter (main() runs only as __main__), every
@@ -98,7 +123,7 @@ def test_a_stage_that_imports_a_stage_is_an_error(tmp_path, monkeypatch):
 
 
 def test_numerics_and_threads_rerun_exactly_the_stages_that_compute_with_torch():
-    from preftune.numerics import COMPUTING_STAGES
+    from preftune.pipeline.numerics import COMPUTING_STAGES
 
     reads = {name: spec.get("do", spec).get("params", []) for name, spec in STAGES.items()}
     assert sorted(s for s, ps in reads.items() if "numerics" in ps) == sorted(COMPUTING_STAGES)

@@ -1,4 +1,4 @@
-"""preftune.formats: every file format gives the same rows; every bad input gives one actionable line."""
+"""preftune.data.formats: every file format gives the same rows; every bad input gives one actionable line."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from preftune.errors import DataError, UserError
-from preftune.formats import load_pairs, normalize_rows, render_plain
+from preftune.data.formats import load_pairs, normalize_rows, render_plain
+from preftune.pipeline.errors import DataError, UserError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 

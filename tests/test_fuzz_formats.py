@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from preftune.errors import DataError
-from preftune.formats import load_pairs
 from test_prepare import assert_one_line_error, run_prepare
+
+from preftune.data.formats import load_pairs
+from preftune.pipeline.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 SOURCES = ["pairs.yaml", "pairs.jsonl", "pairs.json", "pairs.csv", "conversational.jsonl", "sharegpt.json",

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from preftune import judge
-from preftune.judge import (judge_agreement, length_controlled_win_rate, paired_difference, wilson_interval,
-                            win_rate_summary)
+from preftune.judging import win_rates
+from preftune.judging.win_rates import (judge_agreement, length_controlled_win_rate, paired_difference, wilson_interval,
+                                        win_rate_summary)
 
 
 def test_wilson_interval_hand_values():
@@ -103,7 +103,7 @@ def test_judge_agreement_without_decisive_prompts():
     ((45, 50), (260, 500), False),  # 0.52 on 500 fresh pairs: [0.48, 0.56]; the lucky 50 do not overrule it
 ])
 def test_judge_reliability_flags_a_judge_that_may_be_guessing(heldout, fresh, informative):
-    out = judge.judge_reliability(heldout, fresh)
+    out = win_rates.judge_reliability(heldout, fresh)
     assert out["win_rate_informative"] is informative
     assert out["judge_accuracy"] == heldout[0] / heldout[1] and out["judge_pairs"] == heldout[1]
     lo, hi = out["judge_accuracy_ci95"]
@@ -146,12 +146,12 @@ def test_lc_length_blind_judge_with_a_always_longer_stays_at_the_true_rate():
     near = 0
     for seed in range(20):
         outcomes, length_a, length_b = blind_judge_a_longer(seed)
-        lc = judge.length_controlled_rate(outcomes, diffs(length_a, length_b))
+        lc = win_rates.length_controlled_rate(outcomes, diffs(length_a, length_b))
         raw = sum(outcomes) / len(outcomes)
         if abs(lc - 0.5) <= 0.1:
             near += 1
         else:
-            assert judge.is_extreme_change(100 * raw, 100 * lc), (seed, raw, lc)
+            assert win_rates.is_extreme_change(100 * raw, 100 * lc), (seed, raw, lc)
     assert near >= 15, near
     for seed in range(4):
         outcomes, length_a, length_b = blind_judge_a_longer(seed)
@@ -168,7 +168,7 @@ def test_lc_removes_a_pure_length_preference():
     for seed in range(20):
         outcomes, length_a, length_b = longer_wins(seed)
         assert sum(outcomes) / len(outcomes) > 0.7
-        near += abs(judge.length_controlled_rate(outcomes, diffs(length_a, length_b)) - 0.5) <= 0.02
+        near += abs(win_rates.length_controlled_rate(outcomes, diffs(length_a, length_b)) - 0.5) <= 0.02
     assert near >= 18, near
     outcomes, length_a, length_b = longer_wins(0)
     out = length_controlled_win_rate(outcomes, length_a, length_b, resamples=100, seed=0)
@@ -243,7 +243,7 @@ def test_lc_interval_on_few_prompts_with_ties():
     (95, 71.3, False), (95, 71.2, True), (95, 99.9, False),                      # down: 95/4; up: never
 ])
 def test_is_extreme_change_matches_alpacaeval(raw, controlled, extreme):
-    assert judge.is_extreme_change(raw, controlled) is extreme
+    assert win_rates.is_extreme_change(raw, controlled) is extreme
 
 
 def test_lc_extreme_change_is_returned_and_logged(caplog):

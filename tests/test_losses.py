@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from preftune import losses as L
-from preftune.losses import PairLogps
-from preftune.params import load_params
-from preftune.reward_model import reward_model_loss
-from preftune.schema import LOSS_NAMES
+from preftune.model.reward_model import reward_model_loss
+from preftune.pipeline.params import load_params
+from preftune.pipeline.schema import LOSS_NAMES
+from preftune.train import losses as L
+from preftune.train.losses import PairLogps
 
 # REFERENCES.md worked values.
 PC = [-1.5, -2.0, -1.8, -2.2]
@@ -18,7 +18,12 @@ RC = [-1.8, -2.1, -1.9, -2.3]
 RR = [-2.3, -2.5, -2.1, -2.8]
 BETA = 0.1
 OPTIONS = {"label_smoothing": 0.1, "simpo_gamma": 0.5, "orpo_lambda": 0.1, "kto_desirable_weight": 1.0,
-           "kto_undesirable_weight": 1.0}  # what preference_loss reads from the dpo section
+           "kto_undesirable_weight": 1.0}  # what PreferenceLoss reads from the dpo section beside loss and beta
+
+
+def loss_fn(**dpo) -> L.PreferenceLoss:
+    """PreferenceLoss from a dpo section: sigmoid at BETA with OPTIONS, but for the keys given."""
+    return L.PreferenceLoss.from_params({"loss": "sigmoid", "loss_weights": None, "beta": BETA, **OPTIONS, **dpo})
 
 
 def t(xs, grad=False):
@@ -216,34 +221,34 @@ def pair_logps(ref=True, kl=None):
 
 
 def test_dispatcher_knows_exactly_the_schema_names():
-    """params.yaml's dpo.loss choices (schema.LOSS_NAMES) are the names preference_loss dispatches on."""
+    """params.yaml's dpo.loss choices (schema.LOSS_NAMES) are the names PreferenceLoss dispatches on."""
     for name in LOSS_NAMES:
         logps = pair_logps(kl=0.05)
-        assert L.preference_loss(name, logps, BETA, OPTIONS).shape == (4,)
+        assert loss_fn(loss=name)(logps)[0].shape == (4,)
     with pytest.raises(ValueError, match="dpo_typo"):
-        L.preference_loss("dpo_typo", pair_logps(), BETA, OPTIONS)
+        loss_fn().term("dpo_typo", pair_logps())
 
 
 def test_dispatcher_reads_its_options_from_the_dpo_section():
     dpo = load_params()["dpo"]
     assert set(OPTIONS) <= set(dpo)
-    assert torch.equal(L.preference_loss("cdpo", pair_logps(), BETA, dpo),
-                       L.cdpo_loss(*worked(), BETA, dpo["label_smoothing"]))
+    assert torch.equal(L.PreferenceLoss.from_params(dpo).term("cdpo", pair_logps()),
+                       L.cdpo_loss(*worked(), dpo["beta"], dpo["label_smoothing"]))
 
 
 def test_dispatcher_summed_losses_match_direct_calls():
     p = pair_logps()
-    assert torch.equal(L.preference_loss("sigmoid", p, BETA, OPTIONS), L.sigmoid_loss(*worked(), BETA))
-    assert torch.equal(L.preference_loss("cdpo", p, BETA, OPTIONS), L.cdpo_loss(*worked(), BETA, 0.1))
-    assert torch.equal(L.preference_loss("robust", p, BETA, {**OPTIONS, "label_smoothing": 0.2}),
-                       L.robust_loss(*worked(), BETA, 0.2))
-    assert torch.equal(L.preference_loss("hinge", p, BETA, OPTIONS), L.hinge_loss(*worked(), BETA))
+    assert torch.equal(loss_fn().term("sigmoid", p), L.sigmoid_loss(*worked(), BETA))
+    assert torch.equal(loss_fn().term("cdpo", p), L.cdpo_loss(*worked(), BETA, 0.1))
+    assert torch.equal(loss_fn(label_smoothing=0.2).term("robust", p), L.robust_loss(*worked(), BETA, 0.2))
+    assert torch.equal(loss_fn().term("hinge", p), L.hinge_loss(*worked(), BETA))
+    assert torch.equal(loss_fn(beta=0.3).term("sigmoid", p), L.sigmoid_loss(*worked(), 0.3))
 
 
 def test_dispatcher_ipo_averages_policy_and_reference():
     avg = [[x / n for x, n in zip(xs, toks)] for xs, toks in ((PC, TOK_W), (PR, TOK_L), (RC, TOK_W), (RR, TOK_L))]
     expected = [(((a - c) - (b - d)) - 1 / (2 * BETA)) ** 2 for a, b, c, d in zip(*avg)]
-    assert L.preference_loss("ipo", pair_logps(), BETA, OPTIONS).tolist() == pytest.approx(expected, abs=1e-12)
+    assert loss_fn().term("ipo", pair_logps()).tolist() == pytest.approx(expected, abs=1e-12)
 
 
 def test_dispatcher_reference_free_losses_use_averages():
@@ -251,26 +256,26 @@ def test_dispatcher_reference_free_losses_use_averages():
     al = [x / n for x, n in zip(PR, TOK_L)]
     gamma, lam = 0.3, 0.25
     expected_simpo = [-logsig(BETA * (w - l) - gamma) for w, l in zip(aw, al)]
-    got = L.preference_loss("simpo", pair_logps(ref=False), BETA, {**OPTIONS, "simpo_gamma": gamma})
+    got = loss_fn(simpo_gamma=gamma).term("simpo", pair_logps(ref=False))
     assert got.tolist() == pytest.approx(expected_simpo, abs=1e-12)
 
     def log_odds(lp):
         return lp - math.log(1 - math.exp(lp))
 
     expected_orpo = [-w - lam * logsig(log_odds(w) - log_odds(l)) for w, l in zip(aw, al)]
-    got = L.preference_loss("orpo", pair_logps(ref=False), BETA, {**OPTIONS, "orpo_lambda": lam})
+    got = loss_fn(orpo_lambda=lam).term("orpo", pair_logps(ref=False))
     assert got.tolist() == pytest.approx(expected_orpo, abs=1e-12)
     assert L.REFERENCE_FREE == {"simpo", "orpo", "sft"}  # sft: the mixture term (RPO)
 
 
 def test_dispatcher_kto_needs_kl_estimate_and_reference():
     assert L.NEEDS_KL_ESTIMATE == {"kto"}
+    assert loss_fn(loss=["sigmoid", "kto"]).needs_kl_estimate and not loss_fn(loss=["sigmoid", "sft"]).needs_kl_estimate
     with pytest.raises(AssertionError, match="kl_estimate"):
-        L.preference_loss("kto", pair_logps(), BETA, OPTIONS)
+        loss_fn().term("kto", pair_logps())
     with pytest.raises(AssertionError, match="reference"):
-        L.preference_loss("sigmoid", pair_logps(ref=False), BETA, OPTIONS)
-    got = L.preference_loss("kto", pair_logps(kl=0.05), BETA,
-                            {**OPTIONS, "kto_desirable_weight": 1.5, "kto_undesirable_weight": 0.7})
+        loss_fn().term("sigmoid", pair_logps(ref=False))
+    got = loss_fn(kto_desirable_weight=1.5, kto_undesirable_weight=0.7).term("kto", pair_logps(kl=0.05))
     assert torch.allclose(got, L.kto_loss(*worked(), torch.tensor(0.05), BETA, 1.5, 0.7))
 
 
@@ -312,6 +317,8 @@ def test_kto_on_unpaired_rows_is_the_pair_form_split_by_label():
     unpaired = L.kto_unpaired_loss(policy, ref, labels, z, BETA, 1.5, 0.5)
     torch.testing.assert_close((unpaired[:len(pc)] + unpaired[len(pc):]) / 2, L.kto_loss(pc, pr, rc, rr, z, BETA, 1.5, 0.5))
     plain = L.kto_unpaired_loss(policy, ref, labels, z, BETA)
+    assert torch.equal(loss_fn(kto_desirable_weight=1.5, kto_undesirable_weight=0.5).unpaired(policy, ref, labels, z),
+                       unpaired)
     torch.testing.assert_close(unpaired, torch.where(labels, 1.5 * plain, 0.5 * plain))
 
 
@@ -319,18 +326,18 @@ def test_kto_on_unpaired_rows_is_the_pair_form_split_by_label():
 
 def test_a_single_loss_is_unchanged_and_a_mixture_is_the_weighted_sum():
     p = pair_logps()
-    single, terms = L.mixture_loss(p, BETA, {**OPTIONS, "loss": "sigmoid", "loss_weights": None})
-    assert torch.equal(single, L.preference_loss("sigmoid", p, BETA, OPTIONS)) and list(terms) == ["sigmoid"]
-    rpo, terms = L.mixture_loss(p, BETA, {**OPTIONS, "loss": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]})
+    single, terms = loss_fn(loss="sigmoid")(p)
+    assert torch.equal(single, L.sigmoid_loss(*worked(), BETA)) and list(terms) == ["sigmoid"]
+    rpo, terms = loss_fn(loss=["sigmoid", "sft"], loss_weights=[1.0, 0.5])(p)
     nll = -t(PC) / t(TOK_W)  # the chosen answer's NLL per token
     assert torch.allclose(terms["sft"], nll)
     assert torch.allclose(rpo, L.sigmoid_loss(*worked(), BETA) + 0.5 * nll)
-    equal, _ = L.mixture_loss(p, BETA, {**OPTIONS, "loss": ["sigmoid", "sft"], "loss_weights": None})
+    equal, _ = loss_fn(loss=["sigmoid", "sft"])(p)
     assert torch.allclose(equal, L.sigmoid_loss(*worked(), BETA) + nll)
 
 
 def test_the_sft_term_raises_the_chosen_likelihood_only():
     pc, pr = t(PC, grad=True), t(PR, grad=True)
     logps = PairLogps(pc, pr, t(RC), t(RR), t(TOK_W), t(TOK_L))
-    L.preference_loss("sft", logps, BETA, OPTIONS).sum().backward()
+    loss_fn().term("sft", logps).sum().backward()
     assert (pc.grad < 0).all() and pr.grad is None or not pr.grad.any()

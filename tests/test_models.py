@@ -1,8 +1,8 @@
 """Models, tokenization and the tensors between them, on a tiny scratch GPT-2 (1 layer, 32 wide, 300 tokens).
 
-Encoder and collate (batching.py), response log-probs (logprobs.py), reward scores under padding
+Encoder and collate (encoding.py), response log-probs (logprobs.py), reward scores under padding
 (reward_model.py), batched left-padded generation (generation.py), LoRA on GPT-2's Conv1D projections and
-the save_pretrained/from_pretrained round trip (modeling.py).
+the save_pretrained/from_pretrained round trip (model/loading.py).
 """
 
 import copy
@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from preftune import modeling
-from preftune.batching import Encoder, Sequence, collate, left_pad, length_batches
-from preftune.errors import ConfigError, UserError
-from preftune.generation import generate_answers
-from preftune.logprobs import full_vocab_token_logprobs, sequence_logprobs, token_logprobs
-from preftune.reward_model import load_reward_model, score
+from preftune.data.encoding import Encoder, Sequence, collate, left_pad, length_batches
+from preftune.model import adapters, loading
+from preftune.model.generation import generate_answers
+from preftune.model.logprobs import full_vocab_token_logprobs, sequence_logprobs, token_logprobs
+from preftune.model.reward_model import load_reward_model, score
+from preftune.pipeline.errors import ConfigError, UserError
 
 CPU = torch.device("cpu")
 
@@ -301,7 +301,7 @@ def test_chunked_logprobs_equal_the_plain_computation_in_value_and_gradient(mode
                                                                             adapter):
     net = model if arch == "gpt2" else tiny_llama(len(tok))
     if adapter:
-        net = modeling.attach_lora(net, 4, 8, 0.0, "all-linear")
+        net = adapters.attach_lora(net, 4, 8, 0.0, "all-linear")
         with torch.no_grad():  # a nonzero adapter, so that gradients reach both LoRA factors
             for n, p in net.named_parameters():
                 if "lora_B" in n:
@@ -344,7 +344,7 @@ def test_chunked_logprobs_never_build_the_whole_vocabulary_projection(tok, pair_
 
 
 def test_bits_dropout_keeps_nn_dropouts_distribution_and_replays_under_checkpointing():
-    drop = modeling.BitsDropout(0.05).train()
+    drop = adapters.BitsDropout(0.05).train()
     x = torch.ones(1000, 1000, requires_grad=True)
     y = drop(x)
     kept = (y != 0).float().mean().item()
@@ -360,21 +360,21 @@ def test_bits_dropout_keeps_nn_dropouts_distribution_and_replays_under_checkpoin
 
 
 def test_attach_lora_uses_bits_dropout(model):
-    drops = [m for m in modeling.attach_lora(model, 4, 8, 0.1, "auto").modules() if isinstance(m, torch.nn.Dropout)
+    drops = [m for m in adapters.attach_lora(model, 4, 8, 0.1, "auto").modules() if isinstance(m, torch.nn.Dropout)
              and type(m) is not torch.nn.Dropout]
-    assert drops and all(isinstance(m, modeling.BitsDropout) and m.p == 0.1 for m in drops)
+    assert drops and all(isinstance(m, adapters.BitsDropout) and m.p == 0.1 for m in drops)
 
 
 # --- LoRA targets and model.base --------------------------------------------------------------------------
 
 def test_lora_targets_by_architecture(model, tok):
-    assert modeling.lora_targets(model, "auto") == ["c_attn", "c_proj"]
-    assert modeling.lora_targets(model, "all-linear") == ["c_attn", "c_fc", "c_proj"]  # never the output head
-    assert modeling.lora_targets(tiny_llama(len(tok)), "auto") == [
+    assert adapters.lora_targets(model, "auto") == ["c_attn", "c_proj"]
+    assert adapters.lora_targets(model, "all-linear") == ["c_attn", "c_fc", "c_proj"]  # never the output head
+    assert adapters.lora_targets(tiny_llama(len(tok)), "auto") == [
         "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
-    assert modeling.lora_targets(model, ["c_attn"]) == ["c_attn"]
+    assert adapters.lora_targets(model, ["c_attn"]) == ["c_attn"]
     with pytest.raises(ConfigError, match="auto, all-linear or a list"):
-        modeling.lora_targets(model, "everything")
+        adapters.lora_targets(model, "everything")
 
 
 @pytest.mark.parametrize("base, needle", [
@@ -384,7 +384,7 @@ def test_lora_targets_by_architecture(model, tok):
 ])
 def test_bad_model_base_is_a_config_error(base, needle):
     with pytest.raises(ConfigError, match="model.base") as err:
-        modeling.resolve_base(base)
+        loading.resolve_base(base)
     assert needle in str(err.value)
 
 
@@ -406,7 +406,7 @@ def test_attach_lora_on_gpt2_is_fan_in_fan_out_and_a_no_op_at_step_0(model, pair
     batch = collate(pair_sequences, tok.pad_token_id)
     with torch.no_grad():
         base_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    lora = modeling.attach_lora(model, 8, 16, 0.0, ["c_attn", "c_proj"])
+    lora = adapters.attach_lora(model, 8, 16, 0.0, ["c_attn", "c_proj"])
     assert lora.peft_config["default"].fan_in_fan_out is True
     assert set(lora.peft_config["default"].target_modules) == {"c_attn", "c_proj"}
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
@@ -426,7 +426,7 @@ def test_lora_update_matches_its_merged_weights(model, pair_sequences, tok):
     """With B nonzero the adapter's forward equals the forward of the merged weights: the Conv1D orientation
     (fan_in_fan_out) is right, including the square c_proj where a transposed update would still run."""
     batch = collate(pair_sequences, tok.pad_token_id)
-    lora = modeling.attach_lora(model, 4, 8, 0.0, ["c_attn", "c_proj"]).eval()
+    lora = adapters.attach_lora(model, 4, 8, 0.0, ["c_attn", "c_proj"]).eval()
     torch.manual_seed(2)
     with torch.no_grad():
         for n, p in lora.named_parameters():
@@ -440,7 +440,7 @@ def test_lora_update_matches_its_merged_weights(model, pair_sequences, tok):
 
 def test_attach_lora_with_unmatched_target_is_a_config_error(model):
     with pytest.raises(ConfigError, match=r"dpo\.lora\.target_modules") as err:
-        modeling.attach_lora(model, 8, 16, 0.0, ["q_proj", "v_proj"])
+        adapters.attach_lora(model, 8, 16, 0.0, ["q_proj", "v_proj"])
     assert "c_attn" in str(err.value)  # it suggests the model's real linear layers
 
 
@@ -450,8 +450,8 @@ def test_save_pretrained_round_trip(base_model, tok, tmp_path, pair_sequences):
     out = tmp_path / "model"
     base_model.save_pretrained(out)
     tok.save_pretrained(out)
-    loaded_tok = modeling.load_tokenizer(str(out))
-    loaded = modeling.load_causal_lm(str(out)).eval()
+    loaded_tok = loading.load_tokenizer(str(out))
+    loaded = loading.load_causal_lm(str(out)).eval()
     assert loaded_tok.pad_token_id == tok.pad_token_id
     assert loaded_tok.eos_token_id == tok.eos_token_id
     assert loaded_tok.pad_token_id != loaded_tok.eos_token_id
@@ -471,9 +471,9 @@ def test_save_pretrained_round_trip(base_model, tok, tmp_path, pair_sequences):
 
 def test_loading_a_missing_model_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="model.base"):
-        modeling.load_tokenizer(str(tmp_path / "nothing-here"))
+        loading.load_tokenizer(str(tmp_path / "nothing-here"))
     with pytest.raises(ConfigError, match="model.base"):
-        modeling.load_causal_lm(str(tmp_path / "nothing-here"))
+        loading.load_causal_lm(str(tmp_path / "nothing-here"))
 
 
 @pytest.mark.slow  # a model built and saved in subprocesses under two hash seeds
@@ -488,7 +488,7 @@ def test_saved_adapter_config_does_not_depend_on_the_hash_seed(tmp_path, model):
     model.save_pretrained(base)
     script = (
         "import sys; sys.path.insert(0, 'stages')\n"
-        "from preftune.modeling import attach_lora, load_causal_lm\n"
+        "from preftune.model.adapters import attach_lora\nfrom preftune.model.loading import load_causal_lm\n"
         f"m = attach_lora(load_causal_lm({str(base)!r}), 4, 8, 0.0, ['c_proj', 'c_attn'])\n"
         "m.save_pretrained(sys.argv[1])\n")
     texts = []
@@ -506,7 +506,7 @@ def test_saved_tokenizer_config_does_not_record_the_environment(tmp_path, tok):
     import json
 
     tok.save_pretrained(tmp_path / "a")
-    reloaded = modeling.load_tokenizer(str(tmp_path / "a"))
+    reloaded = loading.load_tokenizer(str(tmp_path / "a"))
     reloaded.save_pretrained(tmp_path / "b")
     config = json.loads((tmp_path / "b" / "tokenizer_config.json").read_text())
     assert not {"local_files_only", "_commit_hash", "token"} & set(config)
@@ -525,7 +525,7 @@ def test_a_broken_model_output_says_dvc_checkout(base_model, tok, tmp_path, monk
         weights.write_bytes(weights.read_bytes()[:1000])
     else:
         weights.unlink()
-    for load in (modeling.load_causal_lm, load_reward_model):
+    for load in (loading.load_causal_lm, load_reward_model):
         with pytest.raises(UserError) as err:
             load("models/sft")
         message = str(err.value)

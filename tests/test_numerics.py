@@ -1,4 +1,4 @@
-"""Portable CPU numerics (stages/preftune/numerics.py) and sharing the cores by waiting (stages/preftune/cores.py).
+"""Portable CPU numerics (stages/preftune/pipeline/numerics.py) and sharing the cores by waiting (stages/preftune/pipeline/cores.py).
 
 In portable mode a stage's bits depend on its code, data and params only: not on the cores it may use (taskset),
 the environment's thread and ISA settings, or another stage running beside it. Native mode takes the machine's and
@@ -29,7 +29,7 @@ HOSTILE = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY"
 
 def has_avx2() -> bool:
     sys.path.insert(0, str(ROOT / "stages"))
-    from preftune.numerics import lacks_portable_isa
+    from preftune.pipeline.numerics import lacks_portable_isa
 
     return lacks_portable_isa() is None
 
@@ -192,7 +192,7 @@ def test_the_numerics_line_waits_for_the_stages_first_line():
     """Bad input stops a stage with one line: what it runs on is written with its first line of its own, if any."""
     code = """
         import logging, sys
-        from preftune.params import _say_with_the_first_line
+        from preftune.pipeline.params import _say_with_the_first_line
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
         log = logging.getLogger("dpo")
         _say_with_the_first_line(log, [(logging.INFO, "numerics: portable"), (logging.WARNING, "replaced")])

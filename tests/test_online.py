@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvc_helpers import Background, ROOT, copy_repo, dvc, git, output, read_params
+from dvc_helpers import ROOT, Background, copy_repo, dvc, git, output, read_params
 
 sys.path.insert(0, str(ROOT / "stages"))
-from preftune import schema  # noqa: E402
-from preftune.checkpoints import stage_spec  # noqa: E402
-from preftune.errors import ConfigError  # noqa: E402
-from preftune.params import load_params  # noqa: E402
-from preftune.rounds import best_and_worst, form_pairs, reward_hacking, round_seed, round_spec  # noqa: E402
+from preftune.pipeline import schema  # noqa: E402
+from preftune.pipeline.errors import ConfigError  # noqa: E402
+from preftune.pipeline.params import load_params  # noqa: E402
+from preftune.train.checkpoints import stage_spec  # noqa: E402
+from preftune.train.rounds import best_and_worst, form_pairs, reward_hacking, round_seed, round_spec  # noqa: E402
 
 
 def test_best_against_worst_and_what_cannot_pair():

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from preftune.errors import ConfigError
-from preftune.schema import SCHEMA, leaves, validate
+from preftune.pipeline.errors import ConfigError
+from preftune.pipeline.schema import SCHEMA, leaves, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -73,7 +73,7 @@ def test_a_missing_key_names_it(key):
 def test_a_key_the_code_asks_for_is_missing_from_the_file_or_a_bug_in_the_code():
     """Section: a params key the file lacks is the user's one-line ConfigError; a key no params file can have (a typo
     in code) is a KeyError, not advice to add it to params.yaml."""
-    from preftune.params import Section
+    from preftune.pipeline.params import Section
     dpo = Section("dpo", {k: v for k, v in PARAMS["dpo"].items() if k != "beta"})
     with pytest.raises(ConfigError, match=r"params\.yaml: dpo\.beta is missing; add it"):
         dpo["beta"]

@@ -163,9 +163,12 @@ def test_selective_rerun_beta(pipeline):
     assert_clean(pipeline.repo)
 
 
-@pytest.mark.parametrize("path, reruns", [("stages/preftune/losses.py", {"dpo"}),
-                                          ("stages/preftune/task.py", {"prepare"}),
-                                          ("stages/preftune/gold.py", {"sft", "reward", "evaluate"})])
+@pytest.mark.parametrize("path, reruns", [("stages/preftune/train/losses.py", {"dpo"}),
+                                          ("stages/preftune/data/task.py", {"prepare"}),
+                                          ("stages/preftune/data/gold.py", {"sft", "reward", "evaluate"}),
+                                          ("stages/preftune/train/loop.py", {"sft", "reward", "dpo"}),
+                                          ("stages/preftune/model/adapters.py", {"dpo"}),
+                                          ("stages/preftune/judging/win_rates.py", {"evaluate"})])
 def test_a_code_edit_reruns_only_the_stages_that_import_it(pipeline, path, reruns):
     """Editing the DPO losses must not recompute the reference log-probs (that stage exists to be reused), and
     editing the task generator must not retrain anything whose inputs it does not change."""

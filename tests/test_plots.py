@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from configobj import ConfigObj
 
-from preftune import plots
+from preftune.judging import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())

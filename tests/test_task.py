@@ -1,5 +1,6 @@
 import random
-"""preftune.task: the built-in grammar-tutor generator and its gold checker."""
+
+"""preftune.data.task: the built-in grammar-tutor generator and its gold checker."""
 
 import subprocess
 import sys
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from preftune import task
-from preftune.gold import is_correct
+from preftune.data import task
+from preftune.data.gold import is_correct
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))

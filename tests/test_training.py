@@ -1,5 +1,5 @@
 """The real training loops, a few steps each on a tiny scratch GPT-2: SFT, the Bradley-Terry reward model and
-preference optimisation (DPO and every loss of preftune.losses), including the "break it" settings."""
+preference optimisation (DPO and every loss of preftune.train.losses), including the "break it" settings."""
 
 import copy
 import csv
@@ -12,22 +12,25 @@ import pytest
 import torch
 import yaml
 
-from preftune import budget, modeling, schema
-from preftune.batching import Encoder, Sequence, collate
-from preftune.errors import ConfigError
-from preftune.logprobs import ResponseLogprobs
-from preftune import packing
-from preftune.errors import UserError
-from preftune.formats import render_plain
-from preftune.packing import (PACKING_PROVED, PackedPairLogprobs, check_packed_equals_padded, pack_pairs, shared_prefix,
-                              supports_packing)
-from preftune.pairs import encode_pairs, logprobs_of, reference_key
-from preftune.preference import PairObjective, preference_objective
-from preftune.reward_model import evaluate_pairs, load_reward_model, score_texts
-from preftune.reward_training import reward_objective
-from preftune.schema import LOSS_NAMES
-from preftune.supervised import SFTObjective
-from preftune.training import Run, fit, live_logger
+from preftune.data import length_rule
+from preftune.data.encoding import Encoder, Sequence, collate
+from preftune.data.formats import render_plain
+from preftune.model import adapters, packing
+from preftune.model.logprobs import ResponseLogprobs
+from preftune.model.packing import (PACKING_PROVED, PackedPairLogprobs, check_packed_equals_padded, pack_pairs,
+                                    shared_prefix, supports_packing)
+from preftune.model.reward_model import evaluate_pairs, load_reward_model, score_texts
+from preftune.pipeline import schema
+from preftune.pipeline.errors import ConfigError, UserError
+from preftune.pipeline.schema import LOSS_NAMES
+from preftune.train.logs import live_logger
+from preftune.train.loop import Run, fit
+from preftune.train.losses import PreferenceLoss
+from preftune.train.pairs import encode_pairs, logprobs_of, reference_key
+from preftune.train.preference_objective import PairObjective, preference_objective
+from preftune.train.process import Process
+from preftune.train.reward_objective import reward_objective
+from preftune.train.sft_objective import SFTObjective
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -37,14 +40,14 @@ LOG2 = math.log(2.0)
 N_TRAIN = 30
 
 
-def one_process(precision: str = "fp32", accumulation: int = 1) -> Run:
-    return Run("cpu", {"precision": precision, "gradient_accumulation_steps": accumulation})
+def one_process(precision: str = "fp32", accumulation: int = 1) -> Process:
+    return Process("cpu", {"precision": precision, "gradient_accumulation_steps": accumulation})
 
 
 @pytest.fixture(scope="module")
 def split(generated, tok):
-    """The generated pairs fitted to MAX_LENGTH as prepare fits them (budget.py), so that no stage cuts them."""
-    pairs, _ = budget.fit_rows(generated["pairs"], Encoder(tok, MAX_LENGTH), MAX_LENGTH // 2, "truncate",
+    """The generated pairs fitted to MAX_LENGTH as prepare fits them (length_rule.py), so that no stage cuts them."""
+    pairs, _ = length_rule.fit_rows(generated["pairs"], Encoder(tok, MAX_LENGTH), MAX_LENGTH // 2, "truncate",
                                render_plain)
     return pairs[:N_TRAIN], pairs[N_TRAIN:]
 
@@ -62,8 +65,8 @@ def test_train_sft_loss_falls_and_dvclive_writes_metrics(base_model, tok, genera
     cfg = {**PARAMS["sft"], "epochs": 3, "lr": 3e-3, "batch_size": 32, "warmup_steps": 5}
     live_dir = tmp_path / "live"
     live = live_logger(str(live_dir))
-    encode, run = Encoder(tok, MAX_LENGTH), one_process()
-    history, _ = fit(run, model, SFTObjective(run, encode, generated["sft"], split[1], cfg), 0, live)
+    encode, process = Encoder(tok, MAX_LENGTH), one_process()
+    history, _ = fit(Run(process), model, SFTObjective(process, encode, generated["sft"], split[1], cfg), 0, live)
     live.end()
     metrics = {**history[-1], **encode.stats()}
 
@@ -92,8 +95,9 @@ def test_train_reward_model_learns_and_round_trips(base_model, tok, split, tmp_p
     live_dir = tmp_path / "live"
     live = live_logger(str(live_dir))
     train, heldout = split
-    run = one_process()
-    history, _ = fit(run, model, reward_objective(run, Encoder(tok, MAX_LENGTH), train, heldout, cfg), 0, live)
+    process = one_process()
+    history, _ = fit(Run(process), model, reward_objective(process, Encoder(tok, MAX_LENGTH), train, heldout, cfg), 0,
+                     live)
     live.end()
     metrics = history[-1]
 
@@ -136,19 +140,19 @@ def dpo_cfg(**overrides) -> dict:
 
 def lora_policy(base_model):
     torch.manual_seed(0)
-    return modeling.attach_lora(copy.deepcopy(base_model), 8, 16, 0.0, ["c_attn", "c_proj"])
+    return adapters.attach_lora(copy.deepcopy(base_model), 8, 16, 0.0, ["c_attn", "c_proj"])
 
 
 def objective(split, reference, tok, cfg, heldout=None):
-    run = one_process()
-    return preference_objective(run, Encoder(tok, MAX_LENGTH), split[0], split[1] if heldout is None else heldout,
-                                cfg, reference, "reference")
+    return preference_objective(one_process(), Encoder(tok, MAX_LENGTH), split[0],
+                                split[1] if heldout is None else heldout, cfg, PreferenceLoss.from_params(cfg),
+                                reference, "reference")
 
 
 def train(base_model, split, reference, tok, cfg, policy=None):
     policy = lora_policy(base_model) if policy is None else policy
     dpo = objective(split, reference, tok, cfg)
-    history, _ = fit(dpo.run, policy, dpo, seed=0)
+    history, _ = fit(Run(dpo.process), policy, dpo, seed=0)
     return history
 
 
@@ -247,22 +251,23 @@ def test_every_loss_trains_one_epoch(base_model, split, reference, tok, loss):
 
 
 def test_bf16_base_gives_the_autocast_log_probs_and_trains_an_fp32_adapter(base_model, split, reference, tok):
-    """Under bf16 the dpo stage holds the frozen base in bf16 (modeling.frozen_linears_to): autocast casts those
+    """Under bf16 the dpo stage holds the frozen base in bf16 (adapters.frozen_linears_to): autocast casts those
     weights with the same rounding on every forward, so the log-probs equal autocast's over fp32 weights, and so
     the reference stage's (the SFT model under autocast) at step 0. The adapter and its optimizer stay fp32."""
     seqs = encode_pairs(Encoder(tok, MAX_LENGTH), split[0])
     autocast_policy, bf16_base = lora_policy(base_model), lora_policy(base_model)
-    assert modeling.frozen_linears_to(bf16_base, torch.bfloat16) > 0
+    assert adapters.frozen_linears_to(bf16_base, torch.bfloat16) > 0
     assert {p.dtype for p in bf16_base.parameters() if p.requires_grad} == {torch.float32}
     assert bf16_base.get_input_embeddings().weight.dtype == torch.float32  # tied to the output head: kept
     for kind in ("chosen", "rejected"):
         with_base = logprobs_of(bf16_base, seqs[kind], tok.pad_token_id, CPU, precision="bf16")
         assert torch.equal(with_base, logprobs_of(autocast_policy, seqs[kind], tok.pad_token_id, CPU, precision="bf16"))
         assert torch.equal(with_base, logprobs_of(base_model, seqs[kind], tok.pad_token_id, CPU, precision="bf16"))
-    run = one_process("bf16")
-    dpo = preference_objective(run, Encoder(tok, MAX_LENGTH), split[0], split[1], dpo_cfg(precision="bf16", epochs=2),
+    cfg = dpo_cfg(precision="bf16", epochs=2)
+    process = one_process("bf16")
+    dpo = preference_objective(process, Encoder(tok, MAX_LENGTH), split[0], split[1], cfg, PreferenceLoss.from_params(cfg),
                                reference, "reference")
-    history, trained = fit(run, bf16_base, dpo, seed=0)
+    history, trained = fit(Run(process), bf16_base, dpo, seed=0)
     assert history[-1]["train_loss"] < history[0]["train_loss"] and math.isfinite(history[-1]["heldout_loss"])
     assert any((p != 0).any() for n, p in bf16_base.named_parameters() if "lora_B" in n)
     assert {p.dtype for p in bf16_base.parameters() if p.requires_grad} == {torch.float32}
@@ -328,7 +333,7 @@ def test_packed_pairs_give_the_padded_log_probs_and_gradients(base_model, archit
     token counts and every LoRA gradient agree within fp32 rounding."""
     model = copy.deepcopy(base_model) if architecture == "gpt2" else TINY_MODELS[architecture]()
     model.eval()
-    policy = modeling.attach_lora(model, 4, 8, 0.0, ["c_attn", "c_proj"] if architecture == "gpt2" else "all-linear")
+    policy = adapters.attach_lora(model, 4, 8, 0.0, ["c_attn", "c_proj"] if architecture == "gpt2" else "all-linear")
     for name, p in policy.named_parameters():
         if "lora_B" in name:  # a trained adapter: LoRA's B starts at zero, which would hide its gradient path
             torch.nn.init.normal_(p, std=0.1)
@@ -365,7 +370,7 @@ def test_dpo_trains_on_padded_pairs_where_the_model_cannot_pack(base_model, spli
         wrapped = dpo.wrap(policy)
     assert isinstance(wrapped, ResponseLogprobs) and not isinstance(wrapped, PackedPairLogprobs)
     assert "padded batches instead" in caplog.text and not dpo.packed
-    history, _ = fit(dpo.run, policy, dpo, seed=0)
+    history, _ = fit(Run(dpo.process), policy, dpo, seed=0)
     assert history[-1]["train_loss"] < history[0]["train_loss"] and history[-1]["train_loss"] < LOG2
 
 
@@ -392,7 +397,7 @@ def test_the_first_packed_batch_stops_a_model_that_ignores_the_segments(base_mod
     dpo = objective(split, reference, tok, dpo_cfg(epochs=1))
     before = {n: p.clone() for n, p in policy.named_parameters() if p.requires_grad}
     with pytest.raises(UserError, match=r"packed pairs give other log-probs than padded ones on this model \("):
-        fit(dpo.run, policy, dpo, seed=0)
+        fit(Run(dpo.process), policy, dpo, seed=0)
     assert dpo.packed and all(torch.equal(p, before[n]) for n, p in policy.named_parameters() if p.requires_grad)
 
 
@@ -421,6 +426,6 @@ def test_an_accelerate_config_that_shards_by_itself_is_refused(monkeypatch):
 def test_sharding_with_one_process_trains_unsharded_and_says_so(caplog):
     cfg = {"precision": "fp32", "gradient_accumulation_steps": 1, "batch_size": 2, "max_grad_norm": 1.0}
     with caplog.at_level("INFO", logger="sharding"):
-        run = Run("cpu", cfg, shard="fsdp2")
-    assert (run.sharding, run.sharded, run.fsdp2, run.loss_scale) == ("none", False, False, 1)
+        process = Process("cpu", cfg, shard="fsdp2")
+    assert (process.sharding, process.sharded, process.fsdp2, process.loss_scale) == ("none", False, False, 1)
     assert "nothing to shard, training unsharded" in caplog.text

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import zlib
 
-from .errors import ConfigError
-from .params import Section, section
+from ..pipeline.errors import ConfigError
+from ..pipeline.params import Section, section
 
 
 def round_spec(params: dict, name: str) -> tuple[str, Section]:

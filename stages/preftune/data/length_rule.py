@@ -1,5 +1,5 @@
 """The length rule of `prepare`: every row fits `model.max_length` tokens, measured by the Encoder every later
-stage encodes with (batching.py), so on prepared data no stage cuts anything.
+stage encodes with (encoding.py), so on prepared data no stage cuts anything.
 
 A row is a prompt and its answers (chosen and rejected, or one unpaired completion); each answer ends in EOS.
 A row that fits is left alone. Otherwise, as TRL and LLaMA-Factory do, it is cut rather than dropped
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from .batching import Encoder
+from .encoding import Encoder
 from .formats import RenderMessages, answer_fields, render_row
 
 

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import DataError
+from ..pipeline.errors import DataError
 
 RenderMessages = Callable[[list, bool], str]
 
@@ -126,7 +126,7 @@ def chat_renderer(tokenizer):
 
     A conversation that ends with an answer ends at the EOS token that closes it, where the template closes turns
     with EOS (SmolLM2's `<|im_end|>`): the newline after it belongs to the next turn. So a prepared answer ends
-    the way a generated one does, which stops at EOS, and the Encoder adds no second EOS (batching.py)."""
+    the way a generated one does, which stops at EOS, and the Encoder adds no second EOS (encoding.py)."""
     if not getattr(tokenizer, "chat_template", None):
         return None
     eos = tokenizer.eos_token

@@ -6,8 +6,8 @@ response log-probabilities (prompt tokens masked out). Notation:
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
 
 "Summed" means log-probs summed over the response tokens; "averaged" means that sum divided by the number of
-response tokens. Which one each loss expects is stated in its docstring; `preference_loss` hands each loss the
-right one from a `PairLogps`.
+response tokens. Which one each loss expects is stated in its docstring. `PreferenceLoss` is dpo.loss with its beta
+and options, built once from params.yaml: it hands each loss the right log-probs from a `PairLogps`.
 
 The functions trust their arguments: every range (beta >= 0, label_smoothing < 0.5, ...) is checked once, in
 schema.py, when a stage starts.
@@ -180,52 +180,80 @@ NEEDS_KL_ESTIMATE = {"kto"}
 UNPAIRED_LOSSES = {"kto"}  # the losses that also train on unpaired feedback (prompt, completion, label)
 
 
-def preference_loss(name: str, logps: PairLogps, beta: float, options: Mapping) -> torch.Tensor:
-    """Per-pair losses (B,) of the loss `name` (params.yaml dpo.loss; schema.LOSS_NAMES lists them). `options`
-    holds the loss options (the dpo section: label_smoothing, simpo_gamma, orpo_lambda, kto_desirable_weight,
-    kto_undesirable_weight). ipo (policy and reference), simpo and orpo get per-token averaged log-probs, the
-    others summed ones; orpo ignores beta (its weight is orpo_lambda)."""
-    assert name in REFERENCE_FREE or logps.has_reference, f"{name} needs reference log-probs"
-    summed = logps.policy_chosen, logps.policy_rejected, logps.ref_chosen, logps.ref_rejected
-    if name == "sigmoid":
-        return sigmoid_loss(*summed, beta)
-    if name == "cdpo":
-        return cdpo_loss(*summed, beta, options["label_smoothing"])
-    if name == "robust":
-        return robust_loss(*summed, beta, options["label_smoothing"])
-    if name == "hinge":
-        return hinge_loss(*summed, beta)
-    if name == "ipo":
-        return ipo_loss(*logps.averaged(), beta)
-    if name == "simpo":
-        return simpo_loss(*logps.averaged()[:2], beta, options["simpo_gamma"])
-    if name == "orpo":
-        return orpo_loss(*logps.averaged()[:2], options["orpo_lambda"])
-    if name == "sft":
-        return sft_loss(logps.averaged()[0])
-    if name == "kto":
-        assert logps.kl_estimate is not None, "kto needs logps.kl_estimate (from mismatched prompt/response pairs)"
-        return kto_loss(*summed, logps.kl_estimate, beta, options["kto_desirable_weight"],
-                        options["kto_undesirable_weight"])
-    raise ValueError(f"unknown loss {name!r}")
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """dpo.loss with everything it reads, built once from the params section (`from_params`): its terms (name,
+    weight), beta and the loss options. Called on a batch's PairLogps it gives the per-pair losses (B,) and each
+    term's per-pair values; `term` dispatches one name (schema.LOSS_NAMES lists them) to its pure function above.
+    ipo (policy and reference), simpo and orpo get per-token averaged log-probs, the others summed ones; orpo ignores
+    beta (its weight is orpo_lambda)."""
 
+    terms: tuple[tuple[str, float], ...]
+    beta: float
+    label_smoothing: float
+    simpo_gamma: float
+    orpo_lambda: float
+    kto_desirable_weight: float
+    kto_undesirable_weight: float
 
-def loss_terms(options: Mapping) -> list[tuple[str, float]]:
-    """(name, weight) of each term of dpo.loss: one name (weight 1), or a list with dpo.loss_weights (TRL's
-    loss_type list and loss_weights; null weights: 1 each)."""
-    names = [options["loss"]] if isinstance(options["loss"], str) else list(options["loss"])
-    weights = options.get("loss_weights") or [1.0] * len(names)
-    return list(zip(names, weights, strict=True))  # schema.py checks the counts; a mismatch here is a bug
+    @classmethod
+    def from_params(cls, dpo: Mapping) -> "PreferenceLoss":
+        """From the dpo section (or an online round's): dpo.loss is one name (weight 1), or a list weighted by
+        dpo.loss_weights (TRL's loss_type list and loss_weights; null weights: 1 each)."""
+        names = [dpo["loss"]] if isinstance(dpo["loss"], str) else list(dpo["loss"])
+        weights = dpo.get("loss_weights") or [1.0] * len(names)
+        return cls(tuple(zip(names, weights, strict=True)),  # schema.py checks the counts; a mismatch is a bug
+                   dpo["beta"], dpo["label_smoothing"], dpo["simpo_gamma"], dpo["orpo_lambda"],
+                   dpo["kto_desirable_weight"], dpo["kto_undesirable_weight"])
 
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.terms]
 
-def mixture_loss(logps: PairLogps, beta: float, options: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-pair losses (B,) of dpo.loss, sum_i w_i * loss_i over its terms (loss_terms), and each term's per-pair
-    values. A single loss is that loss, unweighted: the same tensor as preference_loss gives."""
-    terms = loss_terms(options)
-    values = {name: preference_loss(name, logps, beta, options) for name, _ in terms}
-    if len(terms) == 1:
-        return values[terms[0][0]], values
-    return sum(weight * values[name] for name, weight in terms), values
+    @property
+    def needs_kl_estimate(self) -> bool:
+        return any(name in NEEDS_KL_ESTIMATE for name in self.names)
+
+    def __call__(self, logps: PairLogps) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-pair losses (B,), sum_i w_i * loss_i over the terms, and each term's per-pair values. A single loss
+        is that loss, unweighted: the same tensor as `term` gives."""
+        values = {name: self.term(name, logps) for name in self.names}
+        if len(self.terms) == 1:
+            return values[self.names[0]], values
+        return sum(weight * values[name] for name, weight in self.terms), values
+
+    def term(self, name: str, logps: PairLogps) -> torch.Tensor:
+        """Per-pair losses (B,) of the one loss `name`."""
+        assert name in REFERENCE_FREE or logps.has_reference, f"{name} needs reference log-probs"
+        summed, beta = (logps.policy_chosen, logps.policy_rejected, logps.ref_chosen, logps.ref_rejected), self.beta
+        if name == "sigmoid":
+            return sigmoid_loss(*summed, beta)
+        if name == "cdpo":
+            return cdpo_loss(*summed, beta, self.label_smoothing)
+        if name == "robust":
+            return robust_loss(*summed, beta, self.label_smoothing)
+        if name == "hinge":
+            return hinge_loss(*summed, beta)
+        if name == "ipo":
+            return ipo_loss(*logps.averaged(), beta)
+        if name == "simpo":
+            return simpo_loss(*logps.averaged()[:2], beta, self.simpo_gamma)
+        if name == "orpo":
+            return orpo_loss(*logps.averaged()[:2], self.orpo_lambda)
+        if name == "sft":
+            return sft_loss(logps.averaged()[0])
+        if name == "kto":
+            assert logps.kl_estimate is not None, "kto needs logps.kl_estimate (from mismatched prompt/response pairs)"
+            return kto_loss(*summed, logps.kl_estimate, beta, self.kto_desirable_weight, self.kto_undesirable_weight)
+        raise ValueError(f"unknown loss {name!r}")
+
+    def unpaired(self, policy, ref, desirable, kl_estimate) -> torch.Tensor:
+        """KTO on unpaired feedback (kto_unpaired_loss) at this loss's beta and weights."""
+        return kto_unpaired_loss(policy, ref, desirable, kl_estimate, self.beta, self.kto_desirable_weight,
+                                 self.kto_undesirable_weight)
+
+    def diagnostics(self, logps: PairLogps) -> dict[str, float]:
+        return pair_diagnostics(logps, self.beta)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ import warnings
 
 import torch
 
-from .errors import ConfigError
+from ..pipeline.errors import ConfigError
 
 log = logging.getLogger("sharding")
 

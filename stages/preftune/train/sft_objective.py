@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .batching import collate, to_device
-from .logprobs import ResponseLogprobs
-from .training import Objective
+from ..data.encoding import collate, to_device
+from ..model.logprobs import ResponseLogprobs
+from .batches import evaluate_sums
+from .loop import Objective
 
 
 class SFTObjective(Objective):
@@ -16,17 +17,17 @@ class SFTObjective(Objective):
     show = ("train_loss", "heldout_loss")
     batch_fits_data = False  # a user file's few demonstrations train in one smaller batch, as they always have
 
-    def __init__(self, run, encode, train, heldout, cfg):
-        super().__init__(run, encode, train, heldout, cfg)
+    def __init__(self, process, encode, train, heldout, cfg):
+        super().__init__(process, encode, train, heldout, cfg)
         good = "completion" if heldout and "completion" in heldout[0] else "chosen"
         self._use([encode.row(d, "response") for d in train], [encode.row(r, good) for r in heldout if r.get("label", True)])
 
     @classmethod
-    def on_sequences(cls, run, sequences: list, cfg: dict, pad: int) -> "SFTObjective":
+    def on_sequences(cls, process, sequences: list, cfg: dict, pad: int) -> "SFTObjective":
         """The same objective on already-encoded training sequences, with no held-out set: what the benchmarks
         time at exact lengths."""
         objective = cls.__new__(cls)
-        objective.run, objective.cfg, objective.pad = run, cfg, pad
+        objective.process, objective.cfg, objective.pad = process, cfg, pad
         objective._use(sequences, [])
         return objective
 
@@ -40,7 +41,7 @@ class SFTObjective(Objective):
         return sum(self.train[i].scored_tokens for i in idx)
 
     def nll(self, model, sequences):
-        sums, _ = model(**to_device(collate(sequences, self.pad), self.run.device))
+        sums, _ = model(**to_device(collate(sequences, self.pad), self.process.device))
         return -sums.sum()
 
     def loss(self, model, idx):
@@ -49,7 +50,7 @@ class SFTObjective(Objective):
     def evaluate(self, model):
         if not self.heldout:
             return {"heldout_loss": None}
-        sums = self.run.evaluate_sums(len(self.heldout), lambda idx: {
+        sums = evaluate_sums(self.process, len(self.heldout), lambda idx: {
             "nll": self.nll(model, [self.heldout[i] for i in idx]),
             "tokens": sum(self.heldout[i].scored_tokens for i in idx)})
         return {"heldout_loss": sums["nll"] / sums["tokens"]}

@@ -8,11 +8,11 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from .batching import EVAL_BATCH, Encoder, Sequence, collate, length_batches, to_device
-from .errors import DataError
-from .formats import is_unpaired
-from .logprobs import sequence_logprobs
-from .modeling import autocast
+from ..data.encoding import EVAL_BATCH, Encoder, Sequence, collate, length_batches, to_device
+from ..data.formats import is_unpaired
+from ..model.logprobs import sequence_logprobs
+from ..model.runtime import autocast
+from ..pipeline.errors import DataError
 
 PAIR_KINDS = ("chosen", "rejected", "mismatched")
 UNPAIRED_KINDS = ("completion", "mismatched")

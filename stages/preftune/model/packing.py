@@ -32,8 +32,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from .batching import Sequence, collate, to_device
-from .errors import UserError
+from ..data.encoding import Sequence, collate, to_device
+from ..pipeline.errors import UserError
 from .logprobs import ResponseLogprobs, accepts_logits_to_keep, response_logps, unwrapped
 
 log = logging.getLogger("dpo")

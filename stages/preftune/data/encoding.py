@@ -3,7 +3,6 @@ masks built from lengths (never from pad ids), and length-grouped batch orders."
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +43,7 @@ class Encoder:
     A response ends in EOS once, unless prepare cut it (`eos=False`: a cut answer must not teach the model to
     stop there): an answer rendered by a chat template that closes turns with EOS already ends with it
     (formats.chat_renderer), and gets no second one; a generated answer, which stops at EOS, then encodes to
-    the same ids. `prepare` fits every row with this same class (budget.py), so on prepared data nothing is cut here;
+    the same ids. `prepare` fits every row with this same class (length_rule.py), so on prepared data nothing is cut here;
     a sequence still too long (a foreign file, a generated answer) loses prompt tokens from the left first, then
     response tokens from the right, and is counted in `truncated`.
     """
@@ -143,25 +142,6 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
         input_ids[b, width - len(ids):] = torch.tensor(ids)
         attention_mask[b, width - len(ids):] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
-def batch_order(lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True) -> list[list[int]]:
-    """Shuffled batches of indices; with grouping, each batch holds sequences of similar length.
-
-    Grouping sorts a shuffled window of 50 batches by length and cuts it into batches, then shuffles
-    the batches: padding shrinks while batch composition still changes from epoch to epoch.
-    """
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if group_by_length:
-        window = batch_size * 50
-        order = [i for start in range(0, len(order), window)
-                 for i in sorted(order[start:start + window], key=lambda i: lengths[i])]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if group_by_length:
-        rng.shuffle(batches)
-    return batches
 
 
 def length_batches(sequences: list[Sequence], batch_size: int, max_tokens: int = EVAL_TOKENS) -> list[list[int]]:

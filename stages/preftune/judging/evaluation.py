@@ -12,14 +12,16 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from . import budget, formats, judge, modeling
-from .batching import EVAL_BATCH, Encoder, collate, length_batches, to_device
-from .formats import is_unpaired
-from .generation import generate_answers
-from .gold import is_correct
-from .logprobs import sequence_logprobs
-from .paths import DPO, DPO_ADAPTER, REWARD, SFT
-from .reward_model import evaluate_labels, evaluate_pairs, load_reward_model, score_texts
+from ..data import formats, length_rule
+from ..data.encoding import EVAL_BATCH, Encoder, collate, length_batches, to_device
+from ..data.formats import is_unpaired
+from ..data.gold import is_correct
+from ..model import loading, runtime
+from ..model.generation import generate_answers
+from ..model.logprobs import sequence_logprobs
+from ..model.reward_model import evaluate_labels, evaluate_pairs, load_reward_model, score_texts
+from ..pipeline.paths import DPO, DPO_ADAPTER, REWARD, SFT
+from . import win_rates
 
 POLICIES = ("sft", "dpo")
 
@@ -30,12 +32,12 @@ class Policies:
     on-policy round's evaluation passes) are loaded whole."""
 
     def __init__(self, device, others: dict[str, str] | None = None):
-        self.sft = modeling.load_causal_lm(SFT).to(device)
+        self.sft = loading.load_causal_lm(SFT).to(device)
         self.lora = others is None and os.path.isdir(DPO_ADAPTER)
         if self.lora:
-            self.models = {"dpo": modeling.load_adapter(self.sft, DPO_ADAPTER).to(device)}
+            self.models = {"dpo": loading.load_adapter(self.sft, DPO_ADAPTER).to(device)}
         else:
-            self.models = {name: modeling.load_causal_lm(path).to(device)
+            self.models = {name: loading.load_causal_lm(path).to(device)
                            for name, path in (others or {"dpo": DPO}).items()}
 
     @property
@@ -103,11 +105,11 @@ class Compared:
         return [a == b for a, b in zip(self.answers["dpo"], self.answers["sft"])]
 
     def verdicts(self) -> list[str]:
-        """judge.verdict per prompt: "a" (DPO wins), "tie" or "b" (SFT wins)."""
-        return [judge.verdict(d, s, same) for d, s, same in zip(self.rewards["dpo"], self.rewards["sft"], self.identical)]
+        """win_rates.verdict per prompt: "a" (DPO wins), "tie" or "b" (SFT wins)."""
+        return [win_rates.verdict(d, s, same) for d, s, same in zip(self.rewards["dpo"], self.rewards["sft"], self.identical)]
 
     def win_rate(self) -> dict:
-        return judge.win_rate_summary(self.rewards["dpo"], self.rewards["sft"], identical=self.identical)
+        return win_rates.win_rate_summary(self.rewards["dpo"], self.rewards["sft"], identical=self.identical)
 
 
 class Evaluation:
@@ -115,18 +117,18 @@ class Evaluation:
 
     def __init__(self, model_cfg: dict, cfg: dict, seed: int, others: dict[str, str] | None = None):
         self.cfg, self.seed, self.max_length = cfg, seed, model_cfg["max_length"]
-        self.device = modeling.resolve_device(model_cfg["device"])
-        self.tokenizer = modeling.load_tokenizer(SFT)
+        self.device = runtime.resolve_device(model_cfg["device"])
+        self.tokenizer = loading.load_tokenizer(SFT)
         self.policies = Policies(self.device, others)
         self.judge = load_reward_model(REWARD).to(self.device)
         self.encode = Encoder(self.tokenizer, self.max_length)
         self.prompts_truncated = 0
 
     def fit_prompts(self, rows: list[dict]) -> list[str]:
-        """The rows' prompts cut by prepare's rule (budget.fit_prompts: a conversation keeps its system message and
+        """The rows' prompts cut by prepare's rule (length_rule.fit_prompts: a conversation keeps its system message and
         headers) so that prompt + answer + EOS fit max_length; the same text is then generated from and scored.
         Counted in prompts_truncated."""
-        fitted, cut = budget.fit_prompts(rows, self.encode, budget.generation_budget(
+        fitted, cut = length_rule.fit_prompts(rows, self.encode, length_rule.generation_budget(
             self.max_length, self.cfg["max_new_tokens"]), formats.renderer(self.tokenizer))
         self.prompts_truncated += cut
         return fitted
@@ -138,7 +140,7 @@ class Evaluation:
         gen = {"max_new_tokens": self.cfg["max_new_tokens"], "batch_size": self.cfg["batch_size"],
                "max_length": self.max_length}
         answers, rewards = {}, {}
-        with modeling.autocast(self.device, self.cfg["precision"]):
+        with runtime.autocast(self.device, self.cfg["precision"]):
             for m in self.policies.names:
                 stats: dict = {}
                 answers[m] = self.policies.answers(m, self.tokenizer, prompts, stats=stats, **gen)
@@ -147,7 +149,7 @@ class Evaluation:
         return Compared(prompts, answers, rewards)
 
     def kl(self, prompts: list[str], which: str = "dpo") -> float:
-        with modeling.autocast(self.device, self.cfg["precision"]):
+        with runtime.autocast(self.device, self.cfg["precision"]):
             return self.policies.kl_estimate(self.tokenizer, prompts, self.cfg["kl_samples"], self.cfg["max_new_tokens"],
                                              self.max_length, self.seed, self.device, which)
 
@@ -158,7 +160,7 @@ class Evaluation:
         if not rows or is_unpaired(rows):
             return 0, 0
         pad = self.tokenizer.pad_token_id
-        with modeling.autocast(self.device, self.cfg["precision"]):
+        with runtime.autocast(self.device, self.cfg["precision"]):
             reward = {}
             for kind in ("chosen", "rejected"):
                 sequences = [self.encode.row(r, kind, count=False) for r in rows]
@@ -173,7 +175,7 @@ class Evaluation:
         if not rows:
             return 0, 0
         pad, encode = self.tokenizer.pad_token_id, self.encode
-        with modeling.autocast(self.device, self.cfg["precision"]):
+        with runtime.autocast(self.device, self.cfg["precision"]):
             if is_unpaired(rows):
                 stats = evaluate_labels(self.judge, [encode.row(r, "completion") for r in rows],
                                         [r["label"] for r in rows], pad, self.device)

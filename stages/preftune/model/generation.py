@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from .batching import EVAL_BATCH, left_pad
-from .gold import is_correct
+from ..data.encoding import EVAL_BATCH, left_pad
+from ..data.gold import is_correct
 
 
 @torch.no_grad()

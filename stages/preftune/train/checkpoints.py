@@ -23,9 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from ..pipeline.paths import CHECKPOINTS
 from . import sharding
-from .paths import CHECKPOINTS
-
 
 
 def stage_spec(stages: dict, stage: str, params: dict) -> dict:

@@ -193,9 +193,9 @@ def _int(low=None, high=None, **kw) -> Number:
 LOSS_NAMES = ("sigmoid", "cdpo", "robust", "hinge", "ipo", "simpo", "orpo", "kto")
 MIXTURE_ONLY = ("sft",)  # a term of a dpo.loss list only (losses.sft_loss)
 PRECISION = Text(("fp32", "bf16", "fp16"))
-SCHEDULE = Text(("constant", "cosine"))  # training.lr_schedule
+SCHEDULE = Text(("constant", "cosine"))  # loop.lr_schedule
 LR, DECAY, CLIP = _n(0, 1, low_open=True), _n(0), _n(0, low_open=True)
-ENGINE = {  # every training stage's: what large models need (training.py)
+ENGINE = {  # every training stage's: what large models need (loop.py)
     "precision": PRECISION, "gradient_accumulation_steps": _int(1),
     "gradient_checkpointing": Flag(),
 }

@@ -12,8 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .data import atomic_open  # noqa: E402
-from .paths import live  # noqa: E402
+from ..pipeline.files import atomic_open  # noqa: E402
+from ..pipeline.paths import live  # noqa: E402
 
 NO_METADATA = {"Software": None}  # keep the bytes a function of the data alone
 
@@ -33,7 +33,7 @@ def _save(fig, path: Path) -> None:
 
 
 def training_curves(live_dir: str, names: list[str], title: str, path: Path) -> None:
-    """One panel per metric; each panel overlays the train/ and heldout/ curves (training.live_name's layout)."""
+    """One panel per metric; each panel overlays the train/ and heldout/ curves (logs.live_name's layout)."""
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
     for ax, name in zip(axes[0], names):
         for split in ("train", "heldout"):

@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .batching import EVAL_BATCH, Encoder, collate, length_batches, to_device
+from ..data.encoding import EVAL_BATCH, Encoder, collate, length_batches, to_device
+from ..data.gold import is_correct
 from .generation import generate_answers
-from .gold import is_correct
-from .modeling import load_error
-
+from .loading import load_error
 
 
 def reward_model_loss(r_chosen, r_rejected, center_coef: float = 0.0) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Judging: the evaluation of the policies, win rates and their statistics, plots."""

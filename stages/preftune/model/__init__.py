@@ -1,0 +1,1 @@
+"""Models: loading, the scratch GPT-2, LoRA, log-probs, packing, generation, the reward model."""

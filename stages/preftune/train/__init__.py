@@ -1,0 +1,1 @@
+"""Training: the one loop, the objectives and their losses, the reference file, checkpoints, sharding."""
