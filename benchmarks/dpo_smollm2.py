@@ -93,8 +93,9 @@ def pairs(tokenizer, data: str, max_length: int, first: int | None = None) -> li
         if key not in seen:
             seen.add(key)
             distinct.append(row)
-    fitted, _ = length_rule.fit_rows(distinct, Encoder(tokenizer, max_length), length_rule.default_prompt_length(max_length, None),
-                                "truncate", formats.chat_renderer(tokenizer))
+    fitted, _ = length_rule.fit_rows(distinct, Encoder(tokenizer, max_length),
+                                     length_rule.default_prompt_length(max_length, None), "truncate",
+                                     formats.chat_renderer(tokenizer))
     return [{k: v for k, v in r.items() if k != "messages"} for r in fitted][:first]
 
 

@@ -211,7 +211,7 @@ def prepare_inputs(workdir: Path, force_scratch: bool) -> dict:
     tokenizer = scratch.train_tokenizer(texts, model_cfg["vocab_size"])
     torch.manual_seed(SEED)
     model = scratch.new_gpt2(tokenizer, model_cfg["n_layer"], model_cfg["n_embd"], model_cfg["n_head"],
-                              model_cfg["max_length"])
+                             model_cfg["max_length"])
     model.save_pretrained(sft_dir)
     tokenizer.save_pretrained(sft_dir)
     return {"sft_dir": sft_dir, "rows": train, "max_length": model_cfg["max_length"],

@@ -81,7 +81,7 @@ def child(stage: str, variant: str, model_dir: str, batch: int, length: int, dev
         enable_checkpointing(model)
     if stage == "sft":
         objective = sft_objective.SFTObjective.on_sequences(run, sequences(batch, length, len(tokenizer), 1), cfg,
-                                                         tokenizer.pad_token_id)
+                                                            tokenizer.pad_token_id)
     else:
         model = adapters.attach_lora(model, 8, 16, 0.0, "all-linear")
         if cfg["precision"] == "bf16" and "+fp32base" not in variant:  # the dpo stage's frozen base under bf16

@@ -45,8 +45,8 @@ def heldout_metrics(ev: Evaluation, heldout: list[dict]) -> tuple[dict, Compared
     # The same verdicts with the judge's taste for length taken out (AlpacaEval 2's control), in characters: a
     # tokenizer-free length that reads the same for any model.
     metrics.update(win_rates.length_controlled_win_rate([OUTCOME[v] for v in compared.verdicts()],
-                                                    [len(a) for a in compared.answers["dpo"]],
-                                                    [len(a) for a in compared.answers["sft"]], seed=ev.seed))
+                                                        [len(a) for a in compared.answers["dpo"]],
+                                                        [len(a) for a in compared.answers["sft"]], seed=ev.seed))
     if metrics["lc_extreme_change"]:  # AlpacaEval's guard: the length fit moved the rate implausibly far
         log.warning("length-controlled win rate %.3f is far from the raw one (ties as half) %.3f: the length fit may "
                     "have failed (length coefficient %.2f); read it with care", metrics["lc_win_rate"],

@@ -62,16 +62,15 @@ def sampling_prompts(train: list[dict], online: dict, encode, seed: int) -> tupl
     (length_rule.fit_prompts: a conversation keeps its system message and headers), and how many were cut. The pairs
     then train on the prompt that was sampled from."""
     records = training_prompts(train, online["prompts"], seed)
-    fitted, cut = length_rule.fit_prompts(records, encode, length_rule.generation_budget(encode.max_length,
-                                                                               online["max_new_tokens"]),
-                                     formats.renderer(encode.tokenizer))
+    budget = length_rule.generation_budget(encode.max_length, online["max_new_tokens"])
+    fitted, cut = length_rule.fit_prompts(records, encode, budget, formats.renderer(encode.tokenizer))
     return [{**r, "prompt": p} for r, p in zip(records, fitted)], cut
 
 
 def sample_and_score(process, online: dict, cfg: dict, start: str, records: list[dict], tokenizer, encode,
                      max_length: int, seed: int):
-    """online.samples answers per record's prompt (fitted: length_rule.fit_prompts) from models/<start>, their scores and
-    whether each ended (the reward model scores an answer that ran out of tokens without EOS, as it trained)."""
+    """online.samples answers per record's prompt (fitted: length_rule.fit_prompts) from models/<start>, their scores
+    and whether each ended (the reward model scores an answer that ran out of tokens without EOS, as it trained)."""
     k = online["samples"]
     prompts = [r["prompt"] for r in records for _ in range(k)]
     policy = loading.load_causal_lm(policy_dir(start)).to(process.device)

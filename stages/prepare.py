@@ -126,7 +126,7 @@ def main() -> None:
 
     model_cfg = section(params, "model")
     max_length = model_cfg["max_length"]
-    max_prompt = length_rule.default_prompt_length(max_length, model_cfg["max_prompt_length"])  # < max_length: schema.py
+    max_prompt = length_rule.default_prompt_length(max_length, model_cfg["max_prompt_length"])  # < max_length
     from_scratch = model_cfg["base"] == "scratch"
     if cfg["source"] != "grammar":
         check_source(cfg["source"])  # before a tokenizer is loaded: a wrong path fails in a second

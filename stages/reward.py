@@ -30,8 +30,8 @@ def main() -> None:
     tokenizer = loading.load_tokenizer(SFT)
     encode = Encoder(tokenizer, model_cfg["max_length"])
     # Built before any model loads: a batch larger than the data is one line.
-    objective = reward_objective(process, encode, files.read_jsonl(prepared("train")), files.read_jsonl(prepared("heldout")),
-                                 cfg)
+    objective = reward_objective(process, encode, files.read_jsonl(prepared("train")),
+                                 files.read_jsonl(prepared("heldout")), cfg)
     model = load_reward_model(SFT)
     if cfg["gradient_checkpointing"]:
         enable_checkpointing(model)

@@ -31,7 +31,7 @@ def main() -> None:
     tokenizer = loading.load_tokenizer(TOKENIZER)  # prepare's: the base model's, or trained on the data
     if model_cfg["base"] == "scratch":
         model = scratch.new_gpt2(tokenizer, model_cfg["n_layer"], model_cfg["n_embd"], model_cfg["n_head"],
-                                  model_cfg["max_length"])
+                                 model_cfg["max_length"])
     else:
         model = loading.load_causal_lm(model_cfg["base"], model_cfg["trust_remote_code"])
     loading.ensure_pad_token(tokenizer, model)
@@ -44,8 +44,8 @@ def main() -> None:
     metrics_live, metrics = run.logs.open(live("sft")), {}
     if cfg["epochs"] > 0:
         encode = Encoder(tokenizer, model_cfg["max_length"])
-        objective = SFTObjective(process, encode, files.read_jsonl(prepared("sft")), files.read_jsonl(prepared("heldout")),
-                                 cfg)
+        objective = SFTObjective(process, encode, files.read_jsonl(prepared("sft")),
+                                 files.read_jsonl(prepared("heldout")), cfg)
         runtime.seed_everything(seed + process.rank)  # dropout differs per rank
         history, trained = fit(run, model, objective, seed, metrics_live)
         metrics = {**history[-1], **encode.stats()}

@@ -48,7 +48,7 @@ def one_process(precision: str = "fp32", accumulation: int = 1) -> Process:
 def split(generated, tok):
     """The generated pairs fitted to MAX_LENGTH as prepare fits them (length_rule.py), so that no stage cuts them."""
     pairs, _ = length_rule.fit_rows(generated["pairs"], Encoder(tok, MAX_LENGTH), MAX_LENGTH // 2, "truncate",
-                               render_plain)
+                                    render_plain)
     return pairs[:N_TRAIN], pairs[N_TRAIN:]
 
 
@@ -265,8 +265,8 @@ def test_bf16_base_gives_the_autocast_log_probs_and_trains_an_fp32_adapter(base_
         assert torch.equal(with_base, logprobs_of(base_model, seqs[kind], tok.pad_token_id, CPU, precision="bf16"))
     cfg = dpo_cfg(precision="bf16", epochs=2)
     process = one_process("bf16")
-    dpo = preference_objective(process, Encoder(tok, MAX_LENGTH), split[0], split[1], cfg, PreferenceLoss.from_params(cfg),
-                               reference, "reference")
+    dpo = preference_objective(process, Encoder(tok, MAX_LENGTH), split[0], split[1], cfg,
+                               PreferenceLoss.from_params(cfg), reference, "reference")
     history, trained = fit(Run(process), bf16_base, dpo, seed=0)
     assert history[-1]["train_loss"] < history[0]["train_loss"] and math.isfinite(history[-1]["heldout_loss"])
     assert any((p != 0).any() for n, p in bf16_base.named_parameters() if "lora_B" in n)

@@ -106,7 +106,8 @@ class Compared:
 
     def verdicts(self) -> list[str]:
         """win_rates.verdict per prompt: "a" (DPO wins), "tie" or "b" (SFT wins)."""
-        return [win_rates.verdict(d, s, same) for d, s, same in zip(self.rewards["dpo"], self.rewards["sft"], self.identical)]
+        return [win_rates.verdict(d, s, same)
+                for d, s, same in zip(self.rewards["dpo"], self.rewards["sft"], self.identical)]
 
     def win_rate(self) -> dict:
         return win_rates.win_rate_summary(self.rewards["dpo"], self.rewards["sft"], identical=self.identical)

@@ -38,9 +38,9 @@ from .process import Process
 
 class Objective:
     """What a training stage gives `fit`; one subclass per kind of training (sft_objective.SFTObjective,
-    reward_objective.BradleyTerryObjective / PointwiseObjective, preference_objective.PairObjective / UnpairedObjective).
-    Every one is built the same way, Objective(process, encode, train_rows, heldout_rows, cfg): it encodes the rows
-    with the stage's Encoder and keeps the stage's params section. It then has
+    reward_objective.BradleyTerryObjective / PointwiseObjective, preference_objective.PairObjective /
+    UnpairedObjective). Every one is built the same way, Objective(process, encode, train_rows, heldout_rows, cfg):
+    it encodes the rows with the stage's Encoder and keeps the stage's params section. It then has
 
       name      the stage ("sft", "reward", "dpo"): log lines read "dpo: epoch 3: ...";
       show      the epoch metrics written to the log;
@@ -190,7 +190,8 @@ def train_step(process: Process, model, optimizer, scheduler, objective: Objecti
     return stats, grad_norm
 
 
-def fit(run: Run, model, objective: Objective, seed: int, live=None, step_live=None) -> tuple[list[dict], torch.nn.Module]:
+def fit(run: Run, model, objective: Objective, seed: int, live=None,
+        step_live=None) -> tuple[list[dict], torch.nn.Module]:
     """Train `model` (objective.wrap'ped) for the stage's epochs. Returns each epoch's metrics (train_<statistic>,
     a mean per weight unit, and `objective.evaluate`'s) and the prepared wrapper, whose `.model` is the trained
     model. Logs the keys in `objective.show` once an epoch, every epoch metric to `live` (DVCLive, one layout for
