@@ -1,32 +1,35 @@
-"""evaluate: DPO vs SFT. Greedy answers on the held-out prompts judged by the reward model (the lab's
-win rate), greedy answers on the gold prompts judged by the gold checker, a sequence-level KL estimate,
-a samples table and PNG plots. Writes metrics/eval.json, metrics/manifest.json, metrics/samples.csv and
-metrics/plots/.
+"""evaluate: DPO vs SFT, from generate's answers and judge's judgments. The win rate on the held-out prompts by
+evaluate.judge (the lab's figure; strict, ties as half and length-controlled), how far to trust that judge (its
+accuracy on preference pairs, position consistency, unreadable answers, agreement with the gold checker), the gold
+checker's verdicts (held-out, validation and gold prompts of the built-in task), the KL, a samples table and PNG
+plots. Writes metrics/eval.json, metrics/headline.json, metrics/manifest.json, metrics/per_prompt.json,
+metrics/samples.csv and metrics/plots/. No model runs here.
 
-main() reads as the list of steps: the win rate on the held-out prompts, the KL, the judge's own accuracy,
-the gold checker's verdicts (held-out, validation and gold prompts of the built-in task), then the outputs."""
+main() reads as the list of steps: the win rate, the judge's reliability, the gold checker's verdicts, then the
+outputs."""
 
 from preftune.pipeline import numerics
 
 if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
-    numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
+    numerics.pin()  # first, before numpy loads: the CPU libraries read their settings once (numerics.py)
 
 import csv
 import logging
 import statistics
+from dataclasses import dataclass
 
-from preftune.data.gold import is_correct
+from preftune.data.gold import gold_verdicts, is_correct
 from preftune.judging import plots, win_rates
-from preftune.judging.evaluation import POLICIES, Compared, Evaluation, gold_verdicts, one_per_prompt
-from preftune.model import runtime
+from preftune.judging.pairwise import position_consistency
+from preftune.judging.prompt_sets import POLICIES, eval_sets
 from preftune.pipeline import files
-from preftune.pipeline.errors import exit_on_user_error
+from preftune.pipeline.errors import DataError, exit_on_user_error
 from preftune.pipeline.params import section, start_stage
-from preftune.pipeline.paths import (DPO, EVAL_METRICS, HEADLINE, PER_PROMPT, PLOTS, RUN_MANIFEST, SAMPLES, check_set,
-                                     prepared)
+from preftune.pipeline.paths import (DPO, EVAL_METRICS, POLICY_MEASURES, HEADLINE, JUDGMENTS, PER_PROMPT, PLOTS,
+                                     RUN_MANIFEST, SAMPLES, generations, judgments)
 
 log = logging.getLogger("evaluate")
-OUTCOME = {"a": 1.0, "tie": 0.5, "b": 0.0}  # a verdict (win_rates.verdict) as DPO's score: ties as half
+OUTCOME = {"a": 1.0, "tie": 0.5, "b": 0.0}  # a verdict (verdicts.verdict) as DPO's score: ties as half
 
 
 def gold_summary(correct: dict[str, list[bool]], prefix: str) -> dict:
@@ -38,51 +41,106 @@ def gold_summary(correct: dict[str, list[bool]], prefix: str) -> dict:
             f"{prefix}gold_losses": paired["gold_losses"]}
 
 
-def heldout_metrics(ev: Evaluation, heldout: list[dict]) -> tuple[dict, Compared]:
-    """The lab's headline: held-out prompts, greedy answers, the reward model as judge."""
-    compared = ev.compare(heldout)
-    metrics = compared.win_rate()
+@dataclass
+class Judged:
+    """One evaluation set as generate answered it and judge judged it: per prompt the record, each policy's answer
+    and the judgment of DPO's answer ("a") against SFT's ("b"). verdicts[i] is None where the judge's answer could
+    not be read; such prompts are counted (judge_unparseable), never guessed, and left out of the rates."""
+
+    records: list[dict]
+    answers: dict[str, list[str]]
+    judgments: list[dict]
+
+    @classmethod
+    def load(cls, name: str, records: list[dict]) -> "Judged":
+        rows, found = files.read_jsonl(generations(name)), files.read_jsonl(judgments(name))
+        if not len(rows) == len(found) == len(records):
+            raise DataError(f"{generations(name)}, {judgments(name)}: {len(rows)} answers and {len(found)} "
+                            f"judgments for {len(records)} prompts; run `dvc repro` to bring them in line")
+        return cls(records, {m: [r["answers"][m] for r in rows] for m in POLICIES}, found)
+
+    @property
+    def verdicts(self) -> list[str | None]:
+        return [j["verdict"] for j in self.judgments]
+
+    @property
+    def judged(self) -> list[int]:
+        return [i for i, v in enumerate(self.verdicts) if v is not None]
+
+    def summary(self) -> dict:
+        """The win rate of DPO over the judged prompts (win_rates.verdict_summary)."""
+        if not self.judged:
+            raise DataError(f"{JUDGMENTS}: none of the judge's {len(self.verdicts)} answers could be read as a verdict; "
+                            "read the raw answers there and fix the template's verdicts or the judge")
+        return win_rates.verdict_summary([self.verdicts[i] for i in self.judged])
+
+    def rewards(self) -> dict[str, list[float]] | None:
+        """Each policy's rewards, for a reward-model judge (None for a judge that gives verdicts only)."""
+        if not self.judgments or "rewards" not in self.judgments[0]:
+            return None
+        return {"sft": [j["rewards"][1] for j in self.judgments], "dpo": [j["rewards"][0] for j in self.judgments]}
+
+
+def heldout_metrics(heldout: Judged, seed: int) -> dict:
+    """The lab's headline: held-out prompts, greedy answers, the judge's verdicts."""
+    metrics = heldout.summary()
+    judged = heldout.judged
     # The same verdicts with the judge's taste for length taken out (AlpacaEval 2's control), in characters: a
     # tokenizer-free length that reads the same for any model.
-    metrics.update(win_rates.length_controlled_win_rate([OUTCOME[v] for v in compared.verdicts()],
-                                                        [len(a) for a in compared.answers["dpo"]],
-                                                        [len(a) for a in compared.answers["sft"]], seed=ev.seed))
+    metrics.update(win_rates.length_controlled_win_rate([OUTCOME[heldout.verdicts[i]] for i in judged],
+                                                        [len(heldout.answers["dpo"][i]) for i in judged],
+                                                        [len(heldout.answers["sft"][i]) for i in judged], seed=seed))
     if metrics["lc_extreme_change"]:  # AlpacaEval's guard: the length fit moved the rate implausibly far
         log.warning("length-controlled win rate %.3f is far from the raw one (ties as half) %.3f: the length fit may "
                     "have failed (length coefficient %.2f); read it with care", metrics["lc_win_rate"],
                     metrics["win_rate_ties_half"], metrics["lc_length_coefficient"])
+    rewards = heldout.rewards()
     metrics.update({
-        "reward_mean_sft": statistics.fmean(compared.rewards["sft"]),
-        "reward_mean_dpo": statistics.fmean(compared.rewards["dpo"]),
-        "answer_words_sft": statistics.fmean(len(a.split()) for a in compared.answers["sft"]),
-        "answer_words_dpo": statistics.fmean(len(a.split()) for a in compared.answers["dpo"]),
-        "identical_share": sum(compared.identical) / len(compared.identical),
+        "reward_mean_sft": statistics.fmean(rewards["sft"]) if rewards else None,
+        "reward_mean_dpo": statistics.fmean(rewards["dpo"]) if rewards else None,
+        "answer_words_sft": statistics.fmean(len(a.split()) for a in heldout.answers["sft"]),
+        "answer_words_dpo": statistics.fmean(len(a.split()) for a in heldout.answers["dpo"]),
+        "identical_share": statistics.fmean(a == b for a, b in zip(heldout.answers["dpo"], heldout.answers["sft"])),
     })
-    return metrics, compared
+    return metrics
 
 
-def validation_metrics(ev: Evaluation, validation: list[dict]) -> dict:
+def pair_hits(records: list[dict]) -> tuple[int, int]:
+    """(pairs the judge ranked as labelled, pairs): chosen strictly preferred ("a"), or an unpaired row's reward
+    on the label's side. An unreadable verdict counts as a miss."""
+    return sum(r["verdict"] == "a" if "verdict" in r else r["correct"] for r in records), len(records)
+
+
+def judge_quality(sets: dict[str, Judged], pairs: dict[str, list[dict]], judge: dict) -> dict:
+    """How far to trust the judge: its accuracy on preference pairs (the uninformative flag), how often a verdict
+    survives swapping the answers, how many answers could not be read, and what it cost."""
+    records = [j for judged in sets.values() for j in judged.judgments] + [r for p in pairs.values() for r in p]
+    out = win_rates.judge_reliability(pair_hits(pairs["pairs_heldout"]), pair_hits(pairs["pairs_fresh"]))
+    out.update({"judge": judge["judge"], "judge_calls": judge["calls"],
+                "judge_position_consistency": position_consistency(records),
+                "judge_unparseable": sum(r.get("verdict", True) is None for r in records)})
+    return out
+
+
+def validation_metrics(validation: Judged) -> dict:
     """Settings are chosen on these: fresh prompts that no reported figure uses."""
-    if not validation:
+    if not validation.records:
         return {}
-    compared = ev.compare(validation)
-    summary = compared.win_rate()
+    summary = validation.summary()
     return {**{f"validation_{k}": summary[k] for k in ("win_rate", "wins", "ties", "losses")},
-            **gold_summary(gold_verdicts(validation, compared), "validation_")}
+            **gold_summary(gold_verdicts(validation.records, validation.answers), "validation_")}
 
 
-def gold_metrics(ev: Evaluation, gold: list[dict], per_prompt: dict | None = None) -> dict:
+def gold_metrics(gold: Judged, per_prompt: dict | None = None) -> dict:
     """The honest measure: fresh prompts, the gold checker; and how often the judge sides with it. The verdicts
     per prompt go into `per_prompt["gold"]`."""
-    if not gold:
+    if not gold.records:
         return {}
-    compared = ev.compare(gold)
-    correct = gold_verdicts(gold, compared)
+    correct = gold_verdicts(gold.records, gold.answers)
     if per_prompt is not None:
         per_prompt["gold"] = {f"correct_{m}": [int(c) for c in correct[m]] for m in POLICIES}
     paired = win_rates.paired_difference(correct["dpo"], correct["sft"])
-    prefers = [None if v == "tie" else v == "a" for v in (win_rates.verdict(d, s) for d, s in
-                                                          zip(compared.rewards["dpo"], compared.rewards["sft"]))]
+    prefers = [None if v in ("tie", None) else v == "a" for v in gold.verdicts]
     agreement = win_rates.judge_agreement(prefers, correct["dpo"], correct["sft"])
     return {
         "gold_n": paired["n"], "gold_accuracy_sft": paired["accuracy_b"], "gold_accuracy_dpo": paired["accuracy_a"],
@@ -92,15 +150,17 @@ def gold_metrics(ev: Evaluation, gold: list[dict], per_prompt: dict | None = Non
     }
 
 
-def write_samples(heldout: list[dict], compared: Compared) -> None:
-    """metrics/samples.csv: each held-out prompt, both answers, their rewards, gold verdicts and the winner."""
-    winner = {"a": "dpo", "tie": "tie", "b": "sft"}
-    rows = []
-    for i, (record, verdict) in enumerate(zip(heldout, compared.verdicts())):
-        gold = {m: (is_correct(record, compared.answers[m][i]) if "correct" in record else "") for m in POLICIES}
-        rows.append({"prompt": record["prompt"], "sft_answer": compared.answers["sft"][i],
-                     "dpo_answer": compared.answers["dpo"][i], "sft_reward": round(compared.rewards["sft"][i], 4),
-                     "dpo_reward": round(compared.rewards["dpo"][i], 4), "sft_gold_correct": gold["sft"],
+def write_samples(heldout: Judged) -> None:
+    """metrics/samples.csv: each held-out prompt, both answers, their rewards (a reward-model judge's), gold
+    verdicts and the winner ("unread" where the judge's answer could not be read)."""
+    winner = {"a": "dpo", "tie": "tie", "b": "sft", None: "unread"}
+    rewards, rows = heldout.rewards(), []
+    for i, (record, verdict) in enumerate(zip(heldout.records, heldout.verdicts)):
+        gold = {m: (is_correct(record, heldout.answers[m][i]) if "correct" in record else "") for m in POLICIES}
+        rows.append({"prompt": record["prompt"], "sft_answer": heldout.answers["sft"][i],
+                     "dpo_answer": heldout.answers["dpo"][i],
+                     "sft_reward": round(rewards["sft"][i], 4) if rewards else "",
+                     "dpo_reward": round(rewards["dpo"][i], 4) if rewards else "", "sft_gold_correct": gold["sft"],
                      "dpo_gold_correct": gold["dpo"], "winner": winner[verdict]})
     with files.atomic_open(SAMPLES) as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -150,40 +210,39 @@ def log_summary(metrics: dict) -> None:
 
 def main() -> None:
     params = start_stage("evaluate", __doc__)
-    seed, model_cfg, cfg = params["seed"], section(params, "model"), section(params, "evaluate")
-    runtime.seed_everything(seed)
-    ev = Evaluation(model_cfg, cfg, seed)
-    heldout_rows = files.read_jsonl(prepared("heldout"))
-    heldout = one_per_prompt(heldout_rows)
+    limit = section(params, "evaluate")["prompts"]
+    sets = {name: Judged.load(name, records) for name, records in eval_sets(limit, params["seed"]).items()}
+    pairs = {name: files.read_jsonl(judgments(name)) for name in ("pairs_heldout", "pairs_fresh")}
+    judge, generated = files.read_json(f"{JUDGMENTS}/judge.json"), files.read_json(POLICY_MEASURES)
 
-    metrics, compared = heldout_metrics(ev, heldout)
-    metrics["kl_dpo_sft"] = ev.kl(compared.prompts)  # sampled answers to the same fitted prompts
+    metrics = heldout_metrics(sets["heldout"], params["seed"])
+    metrics["kl_dpo_sft"] = generated["kl_dpo_sft"]  # sampled answers to the same fitted prompts (generate)
     # Is the judge worth hearing? Its accuracy on the held-out pairs (the lab's 50) and on fresh pairs no stage
     # trained on (the built-in task makes 500). A win rate from a judge whose interval includes chance is noise.
-    judge_pairs = files.read_optional_jsonl(check_set("judge"))
-    metrics.update(win_rates.judge_reliability(ev.judge_hits(heldout_rows), ev.judge_hits(judge_pairs)))
-    # The DPO policy as its own judge, on the same pairs (RewardBench's score for DPO models)
-    for name, hits in (("implicit_reward_accuracy", ev.implicit_reward_hits(heldout_rows)),
-                       ("implicit_reward_accuracy_fresh", ev.implicit_reward_hits(judge_pairs))):
-        metrics[name] = hits[0] / hits[1] if hits[1] else None
-        metrics[f"{name}_ci95"] = list(win_rates.wilson_interval(*hits)) if hits[1] else None
-    if all("correct" in r for r in heldout):  # the gold checker's verdict on the same held-out answers
-        metrics.update(gold_summary(gold_verdicts(heldout, compared), "heldout_"))
-    metrics.update(validation_metrics(ev, files.read_optional_jsonl(check_set("validation"))))
+    metrics.update(judge_quality(sets, pairs, judge))
+    # The DPO policy as its own judge, on the same pairs (RewardBench's score for DPO models), from generate's hits
+    for name, (right, n) in (("implicit_reward_accuracy", generated["implicit_reward_hits"]),
+                             ("implicit_reward_accuracy_fresh", generated["implicit_reward_hits_fresh"])):
+        metrics[name] = right / n if n else None
+        metrics[f"{name}_ci95"] = list(win_rates.wilson_interval(right, n)) if n else None
+    heldout = sets["heldout"]
+    if all("correct" in r for r in heldout.records):  # the gold checker's verdict on the same held-out answers
+        metrics.update(gold_summary(gold_verdicts(heldout.records, heldout.answers), "heldout_"))
+    metrics.update(validation_metrics(sets["validation"]))
     # Per prompt, what the summaries above count: experiments/compare.py bootstraps over prompts and seeds with it.
-    per_prompt = {"heldout": {"outcome": [OUTCOME[v] for v in compared.verdicts()],
-                              **{f"length_{m}": [len(a) for a in compared.answers[m]] for m in POLICIES}}}
-    metrics.update(gold_metrics(ev, files.read_optional_jsonl(check_set("gold")), per_prompt))
-    metrics["prompts_truncated"] = ev.prompts_truncated
-    metrics["sequences_truncated"] = ev.encode.truncated
+    per_prompt = {"heldout": {"outcome": [OUTCOME.get(v) for v in heldout.verdicts],
+                              **{f"length_{m}": [len(a) for a in heldout.answers[m]] for m in POLICIES}}}
+    metrics.update(gold_metrics(sets["gold"], per_prompt))
+    metrics["prompts_truncated"] = generated["prompts_truncated"]
+    metrics["sequences_truncated"] = judge["sequences_truncated"]
     metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
 
     files.write_json(EVAL_METRICS, metrics)
     files.write_json(HEADLINE, headline(metrics))
     files.write_json(PER_PROMPT, per_prompt)
     write_manifest(metrics)
-    write_samples(heldout, compared)
-    plots.render_all(metrics, compared.rewards, PLOTS)
+    write_samples(heldout)
+    plots.render_all(metrics, heldout.rewards(), PLOTS)
     log_summary(metrics)
 
 

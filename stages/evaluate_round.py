@@ -15,18 +15,67 @@ if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imp
 
 import logging
 import time
+from dataclasses import dataclass
 
+from preftune.data.gold import gold_verdicts
 from preftune.judging import win_rates
-from preftune.judging.evaluation import Evaluation, gold_verdicts, one_per_prompt
+from preftune.judging.evaluation import Generation
+from preftune.judging.prompt_sets import one_per_prompt
+from preftune.judging.verdicts import verdict
 from preftune.model import runtime
+from preftune.model.reward_model import load_reward_model, score_texts
 from preftune.pipeline import files
 from preftune.pipeline.errors import exit_on_user_error
 from preftune.pipeline.params import section, start_stage
-from preftune.pipeline.paths import check_set, policy_dir, prepared, round_metrics
+from preftune.pipeline.paths import REWARD, check_set, policy_dir, prepared, round_metrics
 from preftune.train.rounds import reward_hacking, round_spec
 
 log = logging.getLogger("evaluate_round")
 SIDES = ("previous", "round")
+
+
+@dataclass
+class Compared:
+    """Every policy's greedy answers to the same (fitted) prompts and the reward model's reward for each."""
+
+    prompts: list[str]
+    answers: dict[str, list[str]]
+    rewards: dict[str, list[float]]
+
+    def versus(self, name: str) -> "Compared":
+        """Policy `name` against SFT, as the "dpo" side of every summary below."""
+        return Compared(self.prompts, {"sft": self.answers["sft"], "dpo": self.answers[name]},
+                        {"sft": self.rewards["sft"], "dpo": self.rewards[name]})
+
+    @property
+    def identical(self) -> list[bool]:
+        return [a == b for a, b in zip(self.answers["dpo"], self.answers["sft"])]
+
+    def verdicts(self) -> list[str]:
+        """verdicts.verdict per prompt: "a" (DPO wins), "tie" or "b" (SFT wins)."""
+        return [verdict(d, s, same)
+                for d, s, same in zip(self.rewards["dpo"], self.rewards["sft"], self.identical)]
+
+    def win_rate(self) -> dict:
+        return win_rates.win_rate_summary(self.rewards["dpo"], self.rewards["sft"], identical=self.identical)
+
+
+class Evaluation(Generation):
+    """A round's evaluation in one stage: the policies' answers, scored by the reward model (the round's judge)."""
+
+    def __init__(self, model_cfg: dict, cfg: dict, seed: int, others: dict[str, str] | None = None):
+        super().__init__(model_cfg, cfg, seed, others)
+        self.judge = load_reward_model(REWARD).to(self.device)
+
+    def compare(self, rows: list[dict]) -> Compared:
+        """Greedy answers of every policy to the rows' fitted prompts, and the reward model's rewards for them (an
+        answer that ran out of tokens scored without EOS, as the judge trained on cut answers)."""
+        answered = self.answer(rows)
+        with runtime.autocast(self.device, self.cfg["precision"]):
+            rewards = {m: score_texts(self.judge, self.encode, answered.prompts, answered.answers[m], self.device,
+                                      desc=f"score {m} answers", finished=answered.finished[m])
+                       for m in self.policies.names}
+        return Compared(answered.prompts, answered.answers, rewards)
 
 
 def gold_figures(ev: Evaluation, records: list[dict], prefix: str) -> dict:
@@ -35,7 +84,7 @@ def gold_figures(ev: Evaluation, records: list[dict], prefix: str) -> dict:
     if not records:
         return {}
     compared = ev.compare(records)
-    correct = {side: gold_verdicts(records, compared.versus(side)) for side in SIDES}
+    correct = {side: gold_verdicts(records, compared.versus(side).answers) for side in SIDES}
     n = len(records)
     out = {f"{prefix}gold_n": n, f"{prefix}gold_accuracy_sft": sum(correct["round"]["sft"]) / n}
     for side in SIDES:

@@ -8,10 +8,13 @@ if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imp
     numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
 
 import logging
+import random
 
 from preftune.data.encoding import Encoder
+from preftune.data.gold import is_correct
 from preftune.model import loading, runtime
-from preftune.model.reward_model import gold_agreement, load_reward_model
+from preftune.model.generation import generate_answers
+from preftune.model.reward_model import load_reward_model, score_texts
 from preftune.pipeline import files
 from preftune.pipeline.cards import write_model_card
 from preftune.pipeline.errors import exit_on_user_error
@@ -22,6 +25,34 @@ from preftune.train.reward_objective import reward_objective
 from preftune.train.saving import save_trained
 
 log = logging.getLogger("reward")
+
+
+def gold_agreement(model, tokenizer, policy, gold: list[dict], max_length: int, n_prompts: int, samples: int,
+                   seed: int, device) -> dict:
+    """Does the reward model prefer gold-correct answers among answers it never saw?
+
+    For `n_prompts` gold prompts, sample `samples` answers from the policy (the SFT model, whose
+    outputs the judge will score later) at temperature 1. Every pair of distinct answers to one prompt
+    where exactly one is gold-correct is a test: agreement is the share where the correct one scores higher.
+    """
+    records = random.Random(seed).sample(gold, min(n_prompts, len(gold)))
+    prompts = [r["prompt"] for r in records for _ in range(samples)]
+    answers = generate_answers(policy, tokenizer, prompts, sample=True, seed=seed, desc="judge test answers",
+                               max_length=max_length)
+    encode = Encoder(tokenizer, max_length)
+    rewards = score_texts(model, encode, prompts, answers, device)
+    agree = total = 0
+    for k, record in enumerate(records):
+        group = {}
+        for j in range(k * samples, (k + 1) * samples):
+            group[answers[j]] = rewards[j]  # identical answers get identical scores: keep one
+        good = [s for a, s in group.items() if is_correct(record, a)]
+        bad = [s for a, s in group.items() if not is_correct(record, a)]
+        for g in good:
+            for b in bad:
+                total += 1
+                agree += g > b
+    return {"gold_agreement": agree / total if total else None, "gold_agreement_pairs": total}
 
 
 def main() -> None:

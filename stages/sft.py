@@ -12,7 +12,8 @@ import logging
 
 from preftune.data.encoding import Encoder
 from preftune.model import loading, runtime, scratch
-from preftune.model.generation import generate_answers, gold_accuracy
+from preftune.data.gold import gold_accuracy
+from preftune.model.generation import generate_answers
 from preftune.pipeline import files
 from preftune.pipeline.cards import write_model_card
 from preftune.pipeline.errors import exit_on_user_error

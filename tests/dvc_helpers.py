@@ -25,7 +25,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 DVC = str(VENV_BIN / "dvc")
-STAGES = ["prepare", "sft", "reward", "reference", "dpo", "evaluate"]
+STAGES = ["prepare", "sft", "reward", "reference", "dpo", "generate", "judge", "evaluate"]
+EVALUATION = {"generate", "judge", "evaluate"}  # what reruns after a new DPO model
 IDENTITY = {"name": "preftune e2e", "email": "e2e@example.invalid"}
 
 TINY = {

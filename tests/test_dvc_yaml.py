@@ -49,17 +49,20 @@ def test_beta_and_reward_lr_reach_only_their_stages():
 # consumes their outputs). tests/test_pipeline_e2e.py confirms some of them with `dvc repro --dry` after a real run.
 RERUNS = {
     "data/task.py": {"prepare"},  # the generator: no stage that only checks answers
-    "data/gold.py": {"sft", "reward", "evaluate", "online", "evaluate_round"},  # the checker: not prepare
+    "data/gold.py": {"sft", "reward", "evaluate", "online", "evaluate_round"},  # the checker: not prepare, nor
+    # what generates or judges: answers are only checked
     "data/dataset.py": {"prepare"},
     "model/scratch.py": {"prepare", "sft"},
     "model/adapters.py": {"dpo", "online"},  # LoRA: not sft or reward, which train every weight
-    "model/reward_model.py": {"reward", "evaluate", "online", "evaluate_round"},
+    "model/reward_model.py": {"reward", "judge", "online", "evaluate_round"},  # not generate or evaluate
     "train/losses.py": {"dpo", "online"},  # a loss: never the reference log-probs
     "train/pairs.py": {"reference", "dpo", "online"},
     "train/loop.py": {"sft", "reward", "dpo", "online"},  # the loop: not reference or evaluate
     "train/reward_objective.py": {"reward"},
-    "judging/win_rates.py": {"evaluate", "evaluate_round"},
+    "judging/win_rates.py": {"evaluate", "evaluate_round"},  # statistics: never the answers or their judging
     "judging/plots.py": {"evaluate"},
+    "judging/judges.py": {"judge"},  # the judge: never the answers
+    "judging/evaluation.py": {"generate", "evaluate_round"},  # the policies: never the judging of their answers
 }
 
 

@@ -6,6 +6,7 @@ import random
 import pytest
 
 from preftune.judging import win_rates
+from preftune.judging.verdicts import verdict
 from preftune.judging.win_rates import (judge_agreement, length_controlled_win_rate, paired_difference, wilson_interval,
                                         win_rate_summary)
 
@@ -255,16 +256,11 @@ def test_lc_extreme_change_is_returned_and_logged(caplog):
     out = length_controlled_win_rate(outcomes, length_a, length_b, resamples=50, seed=0)
     assert out["lc_extreme_change"] is True and out["lc_win_rate"] > 0.75
 
-    class Stub:  # what heldout_metrics asks of an Evaluation: compare() and seed
-        seed = 0
-
-        def compare(self, rows):
-            return evaluate.Compared([r["prompt"] for r in rows],
-                                     {"dpo": ["x" * n for n in length_a], "sft": ["y" * n for n in length_b]},
-                                     {"dpo": outcomes, "sft": [0.5] * len(outcomes)})
-
+    judged = evaluate.Judged([{"prompt": f"p{i}"} for i in range(len(outcomes))],
+                             {"sft": ["y" * n for n in length_b], "dpo": ["x" * n for n in length_a]},
+                             [{"verdict": verdict(o, 0.5), "rewards": [o, 0.5]} for o in outcomes])
     with caplog.at_level("WARNING", logger="evaluate"):
-        metrics, _ = evaluate.heldout_metrics(Stub(), [{"prompt": f"p{i}"} for i in range(len(outcomes))])
+        metrics = evaluate.heldout_metrics(judged, seed=0)
     assert metrics["lc_extreme_change"] is True
     assert any(r.name == "evaluate" and r.levelname == "WARNING" and "length-controlled" in r.getMessage()
                for r in caplog.records)

@@ -25,6 +25,8 @@ WITH_CACHE = {
     "reward": ("reward: epoch 1", 0.0),
     "reference": ("> python stages/reference.py", 1.0),
     "dpo": ("dpo: policy:", 0.0),
+    "generate": ("generate: heldout", 0.0),
+    "judge": ("> python stages/judge.py", 1.0),
     "evaluate": ("evaluate: win rate", 0.0),
 }
 EMPTY_CACHE = {
@@ -33,6 +35,8 @@ EMPTY_CACHE = {
     "reward": ("> python stages/reward.py", 1.0),
     "reference": ("reference: reference log-probs", 0.0),
     "dpo": ("dpo: epoch 1", 0.0),
+    "generate": ("generate: heldout", 0.0),
+    "judge": ("> python stages/judge.py", 1.0),
     "evaluate": ("> python stages/evaluate.py", 1.0),
 }
 

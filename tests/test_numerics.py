@@ -45,7 +45,7 @@ def run_python(code: str, env: dict | None = None, cwd=ROOT) -> subprocess.Compl
 
 PINNED_FACTS = """
     import json, os, sys
-    from preftune import numerics
+    from preftune.pipeline import numerics
     pinned = numerics.pin(sys.argv[1:] + ["--params", {params!r}])
     import torch
     line, warnings = numerics.describe(pinned.mode)
@@ -84,7 +84,7 @@ def test_native_keeps_what_the_machine_and_environment_choose(tmp_path):
 def test_pinning_after_torch_loaded_is_refused(tmp_path):
     proc = run_python("""
         import torch
-        from preftune import numerics
+        from preftune.pipeline import numerics
         numerics.pin([])
     """)
     assert proc.returncode != 0 and "numerics.pin() ran after torch was imported" in proc.stderr
@@ -99,7 +99,7 @@ def test_pinning_after_torch_loaded_is_refused(tmp_path):
 
 HOLDER = """
     import sys, time
-    from preftune import cores
+    from preftune.pipeline import cores
     waited = cores.hold(int(sys.argv[1]), waiting=lambda m: print(m, flush=True))
     print(f"holding after {waited:.1f} s", flush=True)
     time.sleep(float(sys.argv[2]))

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dvc_helpers import STAGES
+
 from preftune.pipeline.errors import ConfigError
 from preftune.pipeline.schema import SCHEMA, leaves, validate
 
@@ -95,7 +97,7 @@ def test_a_misspelt_extra_key_is_refused_with_a_suggestion(where):
     assert message.startswith(f"params.yaml: {where}{first}s: unknown key; did you mean {where}{first}?"), message
 
 
-@pytest.mark.parametrize("stage", ["prepare", "sft", "reward", "reference", "dpo", "evaluate"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_every_stage_stops_on_a_bad_value_before_reading_anything(tmp_path, stage):
     params = copy.deepcopy(PARAMS)
     params["evaluate"]["kl_samples"] = 0  # a key most stages never read: the whole file is checked

@@ -17,8 +17,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 from plots_page import charts_in, declared_plots, div_id, dump_dom, field_values, find_chromium, revs, screenshot
 
-from dvc_helpers import (ENV, ROOT, STAGES, TINY, assert_clean, assert_git_clean, dvc, edit_params, git, lock_outs,
-                         output, read_params, require, stages_run, status_json, tiny_clone)
+from dvc_helpers import (ENV, EVALUATION, ROOT, STAGES, TINY, assert_clean, assert_git_clean, dvc, edit_params, git,
+                         lock_outs, output, read_params, require, stages_run, status_json, tiny_clone)
 
 pytestmark = pytest.mark.slow  # the whole tiny pipeline through the real dvc
 
@@ -154,9 +154,9 @@ def test_selective_rerun_beta(pipeline):
     # evaluate is stale only through dpo's outputs, which DVC cannot know before dpo has rerun.
     assert set(result["status"]) == {"dpo"}, result["status"]
     assert result["status"]["dpo"] == [{"changed deps": {"params.yaml": {"dpo": "modified"}}}]
-    assert downstream(pipeline.repo, "dpo") == {"dpo", "evaluate"}
+    assert downstream(pipeline.repo, "dpo") == {"dpo"} | EVALUATION
     repro = result["repro"]
-    assert stages_run(repro) == {"dpo", "evaluate"}, output(repro)
+    assert stages_run(repro) == {"dpo"} | EVALUATION, output(repro)
     for stage in ("prepare", "sft", "reward", "reference"):
         assert f"Stage '{stage}' didn't change, skipping" in repro.stdout, output(repro)
     assert read_params(pipeline.repo)["dpo"]["beta"] == 0.2
@@ -166,6 +166,7 @@ def test_selective_rerun_beta(pipeline):
 @pytest.mark.parametrize("path, reruns", [("stages/preftune/train/losses.py", {"dpo"}),
                                           ("stages/preftune/data/task.py", {"prepare"}),
                                           ("stages/preftune/data/gold.py", {"sft", "reward", "evaluate"}),
+                                          ("stages/preftune/judging/judges.py", {"judge"}),
                                           ("stages/preftune/train/loop.py", {"sft", "reward", "dpo"}),
                                           ("stages/preftune/model/adapters.py", {"dpo"}),
                                           ("stages/preftune/judging/win_rates.py", {"evaluate"})])
@@ -213,7 +214,7 @@ def test_selective_rerun_reward_lr(pipeline):
         # As for dpo.beta: status names the directly changed stage; evaluate follows via models/reward.
         assert set(status) == {"reward"}, status
         assert status["reward"] == [{"changed deps": {"params.yaml": {"reward": "modified"}}}]
-        assert downstream(repo, "reward") == {"reward", "evaluate"}
+        assert downstream(repo, "reward") == {"reward", "judge", "evaluate"}
     finally:
         git("checkout", "--", "params.yaml", cwd=repo)
     assert_clean(repo)
@@ -225,7 +226,7 @@ def test_experiment(pipeline):
     assert_git_clean(repo)  # experiments run in the workspace
     run = dvc("exp", "run", "-S", "dpo.beta=0.3", cwd=repo)
     try:
-        assert stages_run(run) == {"dpo", "evaluate"}, output(run)
+        assert stages_run(run) == {"dpo"} | EVALUATION, output(run)
         assert "Ran experiment(s)" in run.stdout, output(run)
 
         shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
@@ -403,7 +404,7 @@ def test_plots_diff_two_experiments_in_chromium(pipeline, tmp_path):
     try:
         for name, beta in names.items():
             run = dvc("exp", "run", "-n", name, "-S", f"dpo.beta={beta}", cwd=repo)
-            assert stages_run(run) == {"dpo", "evaluate"}, output(run)
+            assert stages_run(run) == {"dpo"} | EVALUATION, output(run)
             git("checkout", "--", ".", cwd=repo)
             dvc("checkout", cwd=repo)
         page = plots_page(repo, tmp_path / "exp", "diff", *names)

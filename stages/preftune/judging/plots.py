@@ -75,7 +75,16 @@ def write_plot_data(metrics: dict, out: Path) -> None:
     (out / "frontier.json").write_text(json.dumps([point], indent=1) + "\n", encoding="utf-8")
 
 
-def render_all(metrics: dict, rewards: dict[str, list[float]], out_dir: str) -> None:
+def reward_distributions(rewards: dict[str, list[float]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for name, values in rewards.items():
+        ax.hist(values, bins=15, alpha=0.55, label=f"{name.upper()} (mean {sum(values) / len(values):.2f})")
+    ax.set_xlabel("reward-model score of greedy answers (held-out prompts)", fontsize=8)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def render_all(metrics: dict, rewards: dict[str, list[float]] | None, out_dir: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_plot_data(metrics, out)
@@ -90,12 +99,10 @@ def render_all(metrics: dict, rewards: dict[str, list[float]], out_dir: str) -> 
                  f"SFT's length (characters){flag}", fontsize=8)
     _save(fig, out / "win_tie_loss.png")
 
-    fig, ax = plt.subplots(figsize=(4.5, 3))
-    for name, values in rewards.items():
-        ax.hist(values, bins=15, alpha=0.55, label=f"{name.upper()} (mean {sum(values) / len(values):.2f})")
-    ax.set_xlabel("reward-model score of greedy answers (held-out prompts)", fontsize=8)
-    ax.legend(fontsize=8)
-    _save(fig, out / "reward_distributions.png")
+    if rewards is None:  # a judge that gives verdicts, not rewards
+        (out / "reward_distributions.png").unlink(missing_ok=True)
+    else:
+        reward_distributions(rewards, out / "reward_distributions.png")
 
     training_curves(live("dpo"), ["loss", "pair_accuracy", "kl_chosen", "kl_rejected"], "DPO per epoch",
                     out / "dpo_training.png")

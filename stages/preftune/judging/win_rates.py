@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .verdicts import verdict
+
 
 def _check_lengths(**seqs: Sequence) -> int:
     lengths = {name: len(s) for name, s in seqs.items()}
@@ -35,14 +37,6 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def verdict(score_a: float, score_b: float, identical: bool = False) -> str:
-    """The one win/tie rule: "a" when A's score is strictly higher, "tie" when the scores are equal or the answers
-    identical (identical answers are ties whatever their scores), else "b"."""
-    if identical or score_a == score_b:
-        return "tie"
-    return "a" if score_a > score_b else "b"
-
-
 def win_rate_summary(scores_a: Sequence[float], scores_b: Sequence[float],
                      identical: Sequence[bool] | None = None) -> dict:
     """Judged comparison of model A (e.g. DPO) against model B (e.g. SFT), one score each per prompt.
@@ -54,9 +48,17 @@ def win_rate_summary(scores_a: Sequence[float], scores_b: Sequence[float],
     """
     if identical is None:
         identical = [False] * len(scores_a)
-    n = _check_lengths(scores_a=scores_a, scores_b=scores_b, identical=identical)
-    verdicts = [verdict(a, b, same) for a, b, same in zip(scores_a, scores_b, identical)]
-    wins, ties, losses = (verdicts.count(v) for v in ("a", "tie", "b"))
+    _check_lengths(scores_a=scores_a, scores_b=scores_b, identical=identical)
+    return verdict_summary([verdict(a, b, same) for a, b, same in zip(scores_a, scores_b, identical)])
+
+
+def verdict_summary(verdicts: Sequence[str]) -> dict:
+    """wins, ties, losses, n and the win rates of A from one verdict per prompt ("a", "tie" or "b"), as
+    win_rate_summary counts them: a judge that gives verdicts rather than scores (a judge LLM) is counted alike."""
+    n = _check_lengths(verdicts=verdicts)
+    wins, ties, losses = (list(verdicts).count(v) for v in ("a", "tie", "b"))
+    if wins + ties + losses != n:
+        raise ValueError(f"verdicts must be 'a', 'tie' or 'b'; got {sorted(set(verdicts) - {'a', 'tie', 'b'})}")
     lo, hi = wilson_interval(wins, n)
     return {
         "wins": wins,

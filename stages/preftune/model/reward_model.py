@@ -7,16 +7,12 @@ tokenizer), so scores do not depend on how much padding a batch has.
 
 from __future__ import annotations
 
-import random
-
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.encoding import EVAL_BATCH, Encoder, collate, length_batches, to_device
-from ..data.gold import is_correct
-from .generation import generate_answers
-from .loading import load_error
+from .loading import load_error, resolve_base
 
 
 def reward_model_loss(r_chosen, r_rejected, center_coef: float = 0.0) -> torch.Tensor:
@@ -38,14 +34,17 @@ def pointwise_loss(rewards, desirable) -> torch.Tensor:
     return -F.logsigmoid(torch.where(desirable, rewards, -rewards))
 
 
-def load_reward_model(path: str, trust_remote_code: bool = False):
+def load_reward_model(path: str, trust_remote_code: bool = False, key: str = "model.base"):
+    """A reward model: the model in `path` (a folder, a GGUF file, a package file or a hub id, named by the params
+    key `key`) with a one-score sequence-classification head."""
     from transformers import AutoModelForSequenceClassification
 
+    folder, gguf_file = resolve_base(path, key)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32)
+            folder, gguf_file=gguf_file, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32)
     except Exception as err:  # missing files, a truncated or foreign file: the libraries raise many types
-        raise load_error("reward model", path, err) from None
+        raise load_error("reward model", path, err, key) from None
     if not isinstance(getattr(model, "score", None), torch.nn.Module) or model.base_model is model:
         raise ValueError(f"{path}: {type(model).__name__} has no backbone + `score` head; "
                          "use a causal LM whose sequence-classification class follows that layout")
@@ -154,31 +153,3 @@ def evaluate_pairs(model, pairs, pad_id: int, device, batch_size: int = EVAL_BAT
         for k, v in pair_sums(model, pairs[start:start + batch_size], pad_id, device).items():
             totals[k] = totals.get(k, 0.0) + float(v)
     return summarise(totals)
-
-
-def gold_agreement(model, tokenizer, policy, gold: list[dict], max_length: int, n_prompts: int, samples: int,
-                   seed: int, device) -> dict:
-    """Does the reward model prefer gold-correct answers among answers it never saw?
-
-    For `n_prompts` gold prompts, sample `samples` answers from the policy (the SFT model, whose
-    outputs the judge will score later) at temperature 1. Every pair of distinct answers to one prompt
-    where exactly one is gold-correct is a test: agreement is the share where the correct one scores higher.
-    """
-    records = random.Random(seed).sample(gold, min(n_prompts, len(gold)))
-    prompts = [r["prompt"] for r in records for _ in range(samples)]
-    answers = generate_answers(policy, tokenizer, prompts, sample=True, seed=seed, desc="judge test answers",
-                               max_length=max_length)
-    encode = Encoder(tokenizer, max_length)
-    rewards = score_texts(model, encode, prompts, answers, device)
-    agree = total = 0
-    for k, record in enumerate(records):
-        group = {}
-        for j in range(k * samples, (k + 1) * samples):
-            group[answers[j]] = rewards[j]  # identical answers get identical scores: keep one
-        good = [s for a, s in group.items() if is_correct(record, a)]
-        bad = [s for a, s in group.items() if not is_correct(record, a)]
-        for g in good:
-            for b in bad:
-                total += 1
-                agree += g > b
-    return {"gold_agreement": agree / total if total else None, "gold_agreement_pairs": total}

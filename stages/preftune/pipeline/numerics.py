@@ -42,7 +42,8 @@ import yaml
 MODES = ("portable", "native")
 # The stages whose outputs are computed with torch: their dvc.yaml params include numerics and threads (so switching
 # either reruns them; tests/test_dvc_yaml.py), and they log what they computed on. prepare tokenizes only.
-COMPUTING_STAGES = ("sft", "reward", "reference", "dpo", "online", "evaluate", "evaluate_round")
+COMPUTING_STAGES = ("sft", "reward", "reference", "dpo", "online", "generate", "judge", "evaluate",
+                    "evaluate_round")
 DEFAULT_MODE, DEFAULT_THREADS = "portable", 2
 NUMPY_AVX512 = "X86_V4 AVX512_ICL AVX512_SPR"  # numpy 2's dispatch groups above AVX2 (X86_V3)
 

@@ -8,6 +8,10 @@ SFT, REWARD, DPO = "models/sft", "models/reward", "models/dpo"
 DPO_ADAPTER = f"{DPO}/adapter"
 REFERENCE = "data/reference/logps.safetensors"
 REFERENCE_ENCODING = "data/reference/encoding.json"
+GENERATIONS = "data/generations"  # the policies' answers to each evaluation set (generate)
+JUDGMENTS = "data/judgments"  # the judge's verdicts on them and on preference pairs (judge)
+POLICY_MEASURES = f"{GENERATIONS}/policies.json"  # what needs the policies themselves: KL, implicit reward
+EVAL_SETS = ("heldout", "validation", "gold")  # the prompt sets evaluate reports on (validation, gold: built-in only)
 CHECKPOINTS = "checkpoints"  # checkpoints/<stage>/<inputs key>/: git- and dvc-ignored, not a stage output
 
 METRICS = "metrics"
@@ -48,3 +52,14 @@ def check_set(name: str) -> str:
 def live(name: str) -> str:
     """metrics/<name>: a training stage's DVCLive folder (sft, reward, dpo; dpo_steps for dpo's per-step log)."""
     return f"{METRICS}/{name}"
+
+
+def generations(name: str) -> str:
+    """data/generations/<name>.jsonl: per prompt of evaluation set `name`, each policy's answer."""
+    return f"{GENERATIONS}/{name}.jsonl"
+
+
+def judgments(name: str) -> str:
+    """data/judgments/<name>.jsonl: the judge's record per comparison of set `name` (an evaluation set, or
+    pairs_heldout / pairs_fresh: preference pairs that test the judge)."""
+    return f"{JUDGMENTS}/{name}.jsonl"

@@ -84,6 +84,22 @@ class Text:
 
 
 @dataclass(frozen=True)
+class JudgeSpec:
+    """evaluate.judge: reward, or rm:, llm: or openai: followed by a model (judging/judges.py)."""
+
+    def problem(self, value) -> str | None:
+        if value == "reward":
+            return None
+        kind, _, name = value.partition(":") if isinstance(value, str) else ("", "", "")
+        if kind in ("rm", "llm", "openai") and name.strip():
+            return None
+        return "must be reward, rm:<model>, llm:<model> or openai:<model>"
+
+    def bad_values(self) -> list:
+        return [3, "gpt-4", "llm:"]
+
+
+@dataclass(frozen=True)
 class Flag:
     def problem(self, value) -> str | None:
         return None if isinstance(value, bool) else "must be true or false"
@@ -235,8 +251,8 @@ SCHEMA = {
         "label_smoothing": _n(0, 0.5, high_open=True), "simpo_gamma": _n(), "orpo_lambda": _n(0),
         "kto_desirable_weight": _n(0, low_open=True), "kto_undesirable_weight": _n(0, low_open=True),
     },
-    "evaluate": {"max_new_tokens": _int(1), "batch_size": _int(1), "kl_samples": _int(1),
-                 "precision": PRECISION},
+    "evaluate": {"max_new_tokens": _int(1), "batch_size": _int(1), "kl_samples": _int(1), "prompts": Nullable(_int(1)),
+                 "precision": PRECISION, "judge": JudgeSpec(), "judge_template": Text(), "judge_base_url": Text()},
     "online": {
         "rounds": Rounds(),
         "prompts": Nullable(_int(1)), "samples": _int(2), "temperature": _n(0, low_open=True),
