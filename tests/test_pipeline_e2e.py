@@ -17,8 +17,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 from plots_page import charts_in, declared_plots, div_id, dump_dom, field_values, find_chromium, revs, screenshot
 
-from dvc_helpers import (ENV, EVALUATION, ROOT, STAGES, TINY, assert_clean, assert_git_clean, dvc, edit_params, git,
-                         lock_outs, output, read_params, require, stages_run, status_json, tiny_clone)
+from dvc_helpers import (ENV, EVALUATION, ROOT, STAGES, TINY, assert_clean, assert_git_clean, dvc, edit_params,
+                         free_port, git, lock_outs, output, read_params, require, stages_run, status_json, tiny_clone,
+                         wait_for_port)
 
 pytestmark = pytest.mark.slow  # the whole tiny pipeline through the real dvc
 
@@ -217,6 +218,40 @@ def test_selective_rerun_reward_lr(pipeline):
         assert downstream(repo, "reward") == {"reward", "judge", "evaluate"}
     finally:
         git("checkout", "--", "params.yaml", cwd=repo)
+    assert_clean(repo)
+
+
+def test_changing_the_judge_reruns_only_judging(pipeline, tmp_path):
+    """evaluate.judge -> a judge LLM behind a real OpenAI-compatible server (tests/chat_server.py, answering "A"
+    whatever it is shown): `dvc repro` reruns judge and evaluate only, the answers are generate's as before, and
+    eval.json shows the judge for what it is: every verdict flipped with the order, so position consistency 0 and
+    every comparison a tie."""
+    repo = pipeline.repo
+    assert_git_clean(repo)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "chat_server.py"), "--port", str(port),
+                               "--key", "k", "--reply", "A"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, server)
+        before = json.loads((repo / "metrics" / "eval.json").read_text())
+        edit_params(repo, evaluate={"judge": "openai:test-judge", "judge_base_url": f"http://127.0.0.1:{port}/v1"})
+        assert set(status_json(repo)) == {"judge", "evaluate"}
+        repro = dvc("repro", cwd=repo, env={**ENV, "OPENAI_API_KEY": "k"})
+        assert stages_run(repro) == {"judge", "evaluate"}, output(repro)
+        after = json.loads((repo / "metrics" / "eval.json").read_text())
+        assert after["judge"] == "openai:test-judge" and after["judge_position_consistency"] == 0.0
+        assert (after["wins"], after["losses"], after["ties"]) == (0, 0, after["n"]) and after["win_rate"] == 0.0
+        assert after["judge_unparseable"] == 0 and after["win_rate_informative"] is False
+        asked = [json.loads(line) for name in ("heldout", "validation", "gold", "pairs_heldout", "pairs_fresh")
+                 for line in (repo / "data" / "judgments" / f"{name}.jsonl").open()]
+        assert after["judge_calls"] == 2 * sum("readings" in r for r in asked)  # both orders; identical: not asked
+        for key in ("kl_dpo_sft", "gold_accuracy_dpo", "gold_accuracy_sft", "answer_words_dpo"):  # generate's
+            assert after[key] == before[key], key
+    finally:
+        server.kill()
+        server.wait()
+        git("checkout", "--", "params.yaml", cwd=repo)
+    dvc("repro", cwd=repo)
     assert_clean(repo)
 
 

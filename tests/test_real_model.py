@@ -115,3 +115,23 @@ def test_greedy_answers_are_text(run):
 def test_nothing_to_do_after_the_run(run):
     status = dvc("status", cwd=run)
     assert "Data and pipelines are up to date." in status.stdout, output(status)
+
+
+def test_smollm2_as_the_judge_reruns_only_judging_and_keeps_its_answers(run):
+    """evaluate.judge: llm:<SmolLM2 from its package>, asked pairwise through the whole evaluate path: only judge and
+    evaluate rerun, every judgment keeps both orders' raw answers, and eval.json counts what could not be read."""
+    params = yaml.safe_load((run / "params.yaml").read_text())
+    params["evaluate"]["judge"] = f"llm:{GGUF}"
+    (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repro = dvc("repro", cwd=run, check=False)
+    assert repro.returncode == 0, output(repro)
+    assert stages_run(repro) == {"judge", "evaluate"}, output(repro)
+    evaluation = read_json(run / "metrics" / "eval.json")
+    records = [r for name in ("heldout", "pairs_heldout") for r in files.read_jsonl(run / "data" / "judgments"
+                                                                                     / f"{name}.jsonl")]
+    asked = [r for r in records if "readings" in r]
+    assert asked and evaluation["judge"] == f"llm:{GGUF}" and evaluation["judge_calls"] == 2 * len(asked)
+    assert all(isinstance(x["answer"], str) and x["answer"] for r in asked for x in r["readings"])
+    assert evaluation["judge_unparseable"] == sum(r["verdict"] is None for r in records)
+    assert evaluation["n"] == sum(r["verdict"] is not None for r in files.read_jsonl(run / "data" / "judgments"
+                                                                                   / "heldout.jsonl"))
