@@ -16,8 +16,14 @@ from preftune.pipeline import numerics
 if __name__ == "__main__":  # as a stage (python, torchrun), not when a test imports a function from it
     numerics.pin()  # first, before torch loads: the CPU libraries read their settings once (numerics.py)
 
+import hashlib
+import json
 import logging
 import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from preftune.data import dataset, formats, length_rule, task
 from preftune.data.encoding import Encoder
@@ -69,29 +75,57 @@ def load_user_rows(source: str, fmt: str | None, render) -> list[dict]:
     return formats.load_pairs(source, fmt, render_messages=render)
 
 
-def scratch_tokenizer_texts(rows: list[dict], sft: list[dict] | None) -> list[str]:
+def scratch_tokenizer_texts(rows: Iterable[dict], sft: list[dict] | None) -> Iterator[str]:
     """What a from-scratch tokenizer learns from: the SFT demonstrations of the built-in task, or every
     prompt and answer of a user dataset (its SFT set, the training rows' good answers, comes later)."""
     if sft is not None:
-        return [d["prompt"] + d["response"] for d in sft]
-    return [r["prompt"] + r[k] for r in rows for k in formats.answer_fields(r)]
+        return (d["prompt"] + d["response"] for d in sft)
+    return (r["prompt"] + r[k] for r in rows for k in formats.answer_fields(r))
 
 
-def sft_demos(train: list[dict]) -> list[dict]:
-    """A user dataset's SFT set: the reference policy imitates the training rows' good answers (the chosen
-    answer of a pair, the desirable completions of unpaired feedback), cut where prepare cut them."""
-    field = "completion" if formats.is_unpaired(train) else "chosen"
-    demos = []
-    for row in train:
-        if row.get("label", True):
-            demo = {"prompt": row["prompt"], "response": row[field]}
-            if row.get(f"{field}_cut"):
-                demo["response_cut"] = True
-            demos.append(demo)
-    if not demos:
-        raise DataError("data.source: the training rows have no desirable completion (label true) for the SFT "
-                        "policy to imitate; add some, or set sft.epochs: 0 with a pretrained model.base")
-    return demos
+def sft_demo(row: dict) -> dict | None:
+    """A user dataset's SFT demonstration from a training row: its good answer (the chosen answer of a pair, a
+    desirable completion of unpaired feedback), cut where prepare cut it; None for an undesirable completion."""
+    field = "completion" if "completion" in row else "chosen"
+    if not row.get("label", True):
+        return None
+    demo = {"prompt": row["prompt"], "response": row[field]}
+    if row.get(f"{field}_cut"):
+        demo["response_cut"] = True
+    return demo
+
+
+NO_DEMOS = ("data.source: the training rows have no desirable completion (label true) for the SFT policy to imitate; "
+            "add some, or set sft.epochs: 0 with a pretrained model.base")
+
+
+class Distinct:
+    """The source's rows as they are read, exact duplicates dropped (or refused: data.duplicates: error), counted
+    in `read` and `dropped`. A key digest per row is kept, not the row."""
+
+    def __init__(self, policy: str, source: str):
+        self.policy, self.source, self.read, self.dropped = policy, source, 0, 0
+
+    def rows(self, rows: Iterable[dict]) -> Iterator[dict]:
+        first: dict[bytes, int] = {}
+        self.read = self.dropped = 0
+        for i, row in enumerate(rows):
+            self.read += 1
+            key = hashlib.blake2b(json.dumps(dataset.row_key(row)).encode(), digest_size=16).digest()
+            if key not in first:
+                first[key] = i
+                yield row
+                continue
+            if self.policy == "error":
+                same = "completion and label" if "completion" in row else "chosen and rejected"
+                raise DataError(f"{self.source}: row {i + 1}: duplicate of row {first[key] + 1} (same prompt, "
+                                f"{same}); drop one of the two rows, or set data.duplicates: drop")
+            self.dropped += self.policy == "drop"
+            if self.policy == "keep":  # the built-in task: a generator may repeat a pair by chance (sampling)
+                yield row
+        if not self.read:
+            raise DataError(f"{self.source}: no rows; add at least one row with 'chosen' and 'rejected' (and usually "
+                            "'prompt')")
 
 
 def write_checks(checks: dict[str, list[dict]]) -> None:
@@ -109,17 +143,6 @@ def write_checks(checks: dict[str, list[dict]]) -> None:
         f.write(f"The built-in task's extra sets for checking models (gold, validation, judge). Here: {what}.\n")
 
 
-def drop_duplicates(pairs: list[dict], policy: str, source: str) -> tuple[list[dict], int]:
-    repeats = dataset.find_duplicates(pairs)
-    if repeats and policy == "error":
-        row, first = repeats[0]
-        same = "completion and label" if formats.is_unpaired(pairs) else "chosen and rejected"
-        raise DataError(f"{source}: row {row + 1}: duplicate of row {first + 1} (same prompt, {same}); "
-                        "drop one of the two rows, or set data.duplicates: drop")
-    drop = {i for i, _ in repeats}
-    return [p for i, p in enumerate(pairs) if i not in drop], len(drop)
-
-
 def main() -> None:
     params = start_stage("prepare", __doc__)
     seed, cfg = params["seed"], section(params, "data")
@@ -134,51 +157,86 @@ def main() -> None:
     # (its chat template renders the rows); a scratch one is trained on the rows, rendered as plain lines.
     tokenizer = None if from_scratch else loading.load_tokenizer(model_cfg["base"], model_cfg["trust_remote_code"])
     render = formats.renderer(tokenizer) if tokenizer is not None else formats.render_plain
-    if cfg["source"] == "grammar":  # a generator may repeat a pair by chance: that is sampling, not a bad row
-        generated, duplicates = built_in_task(seed, cfg), 0
-        rows, sft = generated["pairs"], generated["sft"]
-        checks = {k: generated[k] for k in ("gold", "validation", "judge")}
-    else:  # a user dataset has no gold checker: no gold or validation prompts, no fresh judge pairs
-        rows, sft, checks = load_user_rows(cfg["source"], cfg["format"], render), None, {}
-        rows, duplicates = drop_duplicates(rows, cfg["duplicates"], cfg["source"])
-    n_read = len(rows) + duplicates
+    if cfg["source"] == "grammar":
+        generated = built_in_task(seed, cfg)
+        sft, checks = generated["sft"], {k: generated[k] for k in ("gold", "validation", "judge")}
+        distinct = Distinct("keep", "grammar")
+        source_rows = lambda: distinct.rows(generated["pairs"])  # noqa: E731
+    else:  # a user dataset has no gold checker: no gold or validation prompts, no fresh judge pairs; read as it goes
+        sft, checks = None, {}
+        distinct = Distinct(cfg["duplicates"], cfg["source"])
+        source_rows = lambda: distinct.rows(formats.iter_pairs(cfg["source"], cfg["format"], render))  # noqa: E731
     if from_scratch:
-        tokenizer = scratch.train_tokenizer(scratch_tokenizer_texts(rows, sft), model_cfg["vocab_size"])
+        tokenizer = scratch.train_tokenizer(scratch_tokenizer_texts(source_rows(), sft), model_cfg["vocab_size"])
     loading.ensure_pad_token(tokenizer)
-    rows, lengths = length_rule.fit_rows(rows, Encoder(tokenizer, max_length), max_prompt, cfg["truncation"], render)
-    if not rows:
-        raise ConfigError(f"params.yaml: model.max_length: {max_length} tokens leave no room "
-                          "for any row; raise it")
-    # A conversation keeps its prompt's messages: evaluate and the rounds cut prompts by the same rule (length_rule.py).
-    rows = [{**{k: v for k, v in r.items() if k != "messages"},
-             **({"messages": {"prompt": r["messages"]["prompt"]}} if "messages" in r else {})} for r in rows]
-    unpaired = formats.is_unpaired(rows)
-    train, heldout = dataset.split_by_prompt(rows, cfg["heldout"], seed)
-    if sft is None:
-        sft = sft_demos(train)
-    train, swapped = dataset.swap_labels(train, cfg["label_noise"], seed)
-
-    for name, split in (("train", train), ("heldout", heldout), ("sft", sft)):
-        files.write_jsonl(prepared(name), split)
+    fitting = length_rule.Fitting(Encoder(tokenizer, max_length), max_prompt, cfg["truncation"], render,
+                                  workers=len(os.sched_getaffinity(0)))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="prepare-") as spool_dir:
+        # One pass: read, drop duplicates, fit, and spool the kept rows to disk; what the split, the label noise and
+        # the statistics need of each row stays in memory (a prompt digest, answer word counts), not the row.
+        spool, keys, words, kinds = Path(spool_dir) / "fitted.jsonl", [], [], []
+        with open(spool, "w", encoding="utf-8", newline="") as out:
+            for row in fitting.kept(source_rows()):
+                # A conversation keeps its prompt's messages: evaluate and the rounds cut prompts by the same rule.
+                row = {**{k: v for k, v in row.items() if k != "messages"},
+                       **({"messages": {"prompt": row["messages"]["prompt"]}} if "messages" in row else {})}
+                out.write(files.jsonl_line(row))
+                keys.append(dataset.prompt_key(row["prompt"]))
+                words.append(dataset.answer_words(row))
+                kinds.append((row.get("category"), row.get("rejected_kind")))
+        n_read, duplicates, lengths = distinct.read, distinct.dropped, fitting.stats
+        seconds = time.perf_counter() - started
+        if not keys:
+            raise ConfigError(f"params.yaml: model.max_length: {max_length} tokens leave no room "
+                              "for any row; raise it")
+        unpaired = isinstance(words[0][1], bool)
+        train_idx, heldout_idx = dataset.split_indices(keys, cfg["heldout"], seed)
+        swapped = dataset.swapped_indices(len(train_idx), cfg["label_noise"], seed)
+        if sft is None and not any(not unpaired or words[i][1] for i in train_idx):
+            raise DataError(NO_DEMOS)
+        # after every check: a bad input is one line
+        log.info("%d rows read and fitted in %.1f s (%.0f rows/s)", n_read, seconds, n_read / max(seconds, 1e-9))
+        heldout_set, n_demos = set(heldout_idx), 0
+        with files.atomic_open(prepared("train")) as train_out, files.atomic_open(prepared("heldout")) as held_out, \
+                files.atomic_open(prepared("sft")) as sft_out:
+            j = 0  # the row's place among the training rows
+            for i, row in enumerate(files.iter_jsonl(spool)):
+                if i in heldout_set:
+                    held_out.write(files.jsonl_line(row))
+                    continue
+                demo = sft_demo(row) if sft is None else None  # from the row as read, before any label noise
+                if demo is not None:
+                    sft_out.write(files.jsonl_line(demo))
+                    n_demos += 1
+                train_out.write(files.jsonl_line(dataset.swap_label(row) if j in swapped else row))
+                j += 1
+            if sft is not None:
+                for demo in sft:
+                    sft_out.write(files.jsonl_line(demo))
+                n_demos = len(sft)
     write_checks(checks)
     tokenizer.save_pretrained(TOKENIZER)
     unit = "rows" if unpaired else "pairs"
+    train_words = [dataset.swapped_words(words[i]) if j in swapped else words[i] for j, i in enumerate(train_idx)]
     metrics = {
-        unit: {"train": len(train), "heldout": len(heldout)},
-        "sft_demos": len(sft),
+        unit: {"train": len(train_idx), "heldout": len(heldout_idx)},
+        "sft_demos": n_demos,
         **{f"{name}_{'pairs' if name == 'judge' else 'prompts'}": len(checks[name]) for name in checks},
         "rows_read": n_read,
         "duplicates_dropped": duplicates,
         "length": lengths,
-        "label_swapped": swapped,
-        "train_lengths": dataset.length_stats(train),
+        "label_swapped": len(swapped),
+        "train_lengths": dataset.word_stats(train_words),
     }
     if cfg["source"] == "grammar":  # what the built-in task's rows are made of
-        metrics.update({"train_by_category": dataset.count_by(train, "category"),
-                        "train_by_rejected_kind": dataset.count_by(train, "rejected_kind"),
+        metrics.update({"train_by_category": dataset.count_by([{"category": kinds[i][0]} for i in train_idx],
+                                                              "category"),
+                        "train_by_rejected_kind": dataset.count_by([{"rejected_kind": kinds[i][1]} for i in train_idx],
+                                                                   "rejected_kind"),
                         "sft_by_tutor_kind": dataset.count_by(sft, "tutor_kind")})
     files.write_json(PREPARE_METRICS, metrics)
-    answers = formats.answer_fields(rows[0])
+    answers = ("completion",) if unpaired else ("chosen", "rejected")
     log.info("%d rows read, %d duplicates dropped; fitted to %d tokens (prompts up to %d, truncation: %s): "
              "%d rows cut (%d prompts lost %d tokens: %d old turns dropped, %d cut inside an earlier turn, %d inside "
              "the last user turn, %d as text; %s), %d dropped (%d answer too long, %d nothing left, %d identical "
@@ -191,10 +249,10 @@ def main() -> None:
                        for f in answers),
              sum(lengths[k] for k in ("dropped_answer_too_long", "dropped_nothing_left", "dropped_identical_after_cut")),
              lengths["dropped_answer_too_long"], lengths["dropped_nothing_left"], lengths["dropped_identical_after_cut"])
-    log.info("%d train / %d held-out %s%s, %d SFT demonstrations%s; %d labels swapped", len(train), len(heldout),
-             unit, " (unpaired feedback: train it with dpo.loss: kto)" if unpaired else "", len(sft),
+    log.info("%d train / %d held-out %s%s, %d SFT demonstrations%s; %d labels swapped", len(train_idx),
+             len(heldout_idx), unit, " (unpaired feedback: train it with dpo.loss: kto)" if unpaired else "", n_demos,
              "".join(f", {len(r)} {n} {'pairs' if n == 'judge' else 'prompts'}" for n, r in checks.items()),
-             swapped)
+             len(swapped))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """From text to padded tensors: prompt/response tokenization with a checked boundary, collation with
-masks built from lengths (never from pad ids), and length-grouped batch orders."""
+masks built from lengths (never from pad ids), and length-sorted batches."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -54,17 +55,36 @@ class Encoder:
         self.eos = tokenizer.eos_token_id
         self.boundary_merges = 0
         self.truncated = 0
+        self._known: dict[str, list[int]] | None = None  # a batch's ids by text (`batch`), else no cache
+
+    def ids(self, text: str) -> list[int]:
+        """The text's token ids, without special tokens: from the current batch when it holds them."""
+        if self._known is not None and text in self._known:
+            return self._known[text]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @contextmanager
+    def batch(self, texts: list[str]):
+        """Tokenize `texts` in one batched call (the fast tokenizer's Rust side, not one Python call each) and
+        answer `ids` from them inside the block. The ids are exactly those of one call per text; only a batch's
+        worth is kept, so memory does not grow with the dataset."""
+        unique = list(dict.fromkeys(texts))
+        self._known = dict(zip(unique, self.tokenizer(unique, add_special_tokens=False)["input_ids"])) if unique else {}
+        try:
+            yield self
+        finally:
+            self._known = None
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return self.ids(prompt)
 
     def split_ids(self, prompt: str, response: str) -> tuple[list[int], list[int], bool]:
         """(prompt ids, response ids, whether the boundary merged), before any cut."""
-        prompt_ids = self.prompt_ids(prompt)
-        full = self.tokenizer(prompt + response, add_special_tokens=False)["input_ids"]
+        prompt_ids = self.ids(prompt)
+        full = self.ids(prompt + response)
         if full[: len(prompt_ids)] == prompt_ids:
             return prompt_ids, full[len(prompt_ids):], False
-        return prompt_ids, self.tokenizer(response, add_special_tokens=False)["input_ids"], True
+        return prompt_ids, self.ids(response), True
 
     def end(self, response_ids: list[int], eos: bool) -> list[int]:
         """What follows the response: EOS, unless the answer is cut or already ends with it."""

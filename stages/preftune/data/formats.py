@@ -48,11 +48,10 @@ Problems with the whole file read "<source>: [line <k>: ]<what is wrong>; <what 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import yaml
@@ -74,6 +73,13 @@ def load_pairs(path: str | os.PathLike, fmt: str | None = None,
     Columns other than prompt, chosen and rejected are ignored. See the module docstring for the row
     layouts, the implicit-prompt rule and the error format.
     """
+    return nonempty(iter_pairs(path, fmt, render_messages), str(path))
+
+
+def iter_pairs(path: str | os.PathLike, fmt: str | None = None,
+               render_messages: RenderMessages | None = None) -> Iterator[dict]:
+    """load_pairs' rows one at a time: JSONL, CSV and Parquet files are read as they go (memory does not grow with
+    the file), YAML and JSON whole (a document is parsed at once). The file is checked before the first row."""
     path = str(path)
     fmt = (fmt if fmt is not None else Path(path).suffix.lstrip(".")).lower()
     reader = _READERS.get(fmt)
@@ -83,7 +89,7 @@ def load_pairs(path: str | os.PathLike, fmt: str | None = None,
                         "(rename the file or pass the format explicitly)")
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found; check the path (relative paths start at {os.getcwd()})")
-    return normalize_rows(reader(path), path, render_messages)
+    return iter_normalized(reader(path), path, render_messages)
 
 
 def normalize_rows(rows: Iterable, source: str, render_messages: RenderMessages | None = None) -> list[dict]:
@@ -91,8 +97,20 @@ def normalize_rows(rows: Iterable, source: str, render_messages: RenderMessages 
 
     source names the file or dataset in error messages.
     """
+    return nonempty(iter_normalized(rows, source, render_messages), source)
+
+
+def nonempty(rows: Iterable[dict], source: str) -> list[dict]:
+    found = list(rows)
+    if not found:
+        raise DataError(f"{source}: no rows; add at least one row with 'chosen' and 'rejected' (and usually 'prompt')")
+    return found
+
+
+def iter_normalized(rows: Iterable, source: str, render_messages: RenderMessages | None = None) -> Iterator[dict]:
+    """normalize_rows one row at a time (a file with no rows yields none: the caller says so)."""
     render = render_messages or render_plain
-    pairs = []
+    first_unpaired = None
     for n, row in enumerate(rows, 1):
         if not isinstance(row, Mapping):
             raise DataError(f"{source}: row {n}: expected a mapping with 'chosen' and 'rejected' fields, "
@@ -101,14 +119,14 @@ def normalize_rows(rows: Iterable, source: str, render_messages: RenderMessages 
             pair = _normalize_row(row, render)
         except _BadField as bad:
             raise DataError(f"{source}: row {n}: field '{bad.field}': {bad.problem}; {bad.fix}") from None
-        if pairs and is_unpaired([pair]) != is_unpaired(pairs):
+        unpaired = is_unpaired([pair])
+        if first_unpaired is None:
+            first_unpaired = unpaired
+        elif unpaired != first_unpaired:
             kinds = ("unpaired feedback (label)", "a preference pair (chosen, rejected)")
-            first, this = (kinds[0], kinds[1]) if is_unpaired(pairs) else (kinds[1], kinds[0])
+            first, this = (kinds[0], kinds[1]) if first_unpaired else (kinds[1], kinds[0])
             raise DataError(f"{source}: row {n}: is {this}, but row 1 is {first}; keep one kind per file")
-        pairs.append(pair)
-    if not pairs:
-        raise DataError(f"{source}: no rows; add at least one row with 'chosen' and 'rejected' (and usually 'prompt')")
-    return pairs
+        yield pair
 
 
 def render_plain(messages: list, add_generation_prompt: bool) -> str:
@@ -414,36 +432,60 @@ def _read_json(path: str) -> list:
     return _top_level_list(path, data)
 
 
-def _read_jsonl(path: str) -> list:
-    rows = []
-    # split("\n"), not splitlines(): JSON strings may legally contain U+2028 and other line separators.
-    for line_no, line in enumerate(_read_text(path).split("\n"), 1):
+def _text_lines(path: str) -> Iterator[str]:
+    """The file's text split at "\n" only, read as it goes; as _read_text, a byte-order mark is dropped and bytes
+    that are not UTF-8 are one line naming their offset. split("\n"), not splitlines(): JSON strings may legally
+    contain U+2028 and other line separators."""
+    offset = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                line = raw.decode("utf-8-sig" if offset == 0 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: not UTF-8 text (byte {offset + err.start}); re-save the file as UTF-8") \
+                    from None
+            offset += len(raw)
+            yield line[:-1] if line.endswith("\n") else line
+
+
+def _read_jsonl(path: str) -> Iterator:
+    for line_no, line in enumerate(_text_lines(path), 1):
         if not line.strip():
             continue  # a trailing or stray blank line is harmless
         try:
-            rows.append(json.loads(line))
+            yield json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: line {line_no}: not valid JSON ({err.msg}, column {err.colno}); "
                             "each line must be one complete JSON object") from None
-    return rows
 
 
-def _read_csv(path: str) -> list:
+def _read_csv(path: str) -> Iterator:
     # restval="": a short line leaves its last cells empty, which is then reported as an empty field.
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), restval="")
+    reader = csv.DictReader(_CsvLines(_text_lines(path)), restval="")
     try:
-        return list(reader)
+        yield from reader
     except csv.Error as err:
         raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({err}); fix the quoting there") from None
 
 
-def _read_parquet(path: str) -> list:
+class _CsvLines:
+    """csv's view of the file: its lines with their newlines back, as a file opened with newline="" gives them."""
+
+    def __init__(self, lines: Iterator[str]):
+        self.lines = lines
+
+    def __iter__(self):
+        return (line + "\n" for line in self.lines)
+
+
+def _read_parquet(path: str) -> Iterator:
     import pyarrow  # Imported here: it is slow to import and only Parquet needs it.
     import pyarrow.parquet
 
     try:
         # to_pylist, not pandas: nested message lists stay Python lists instead of numpy object arrays.
-        return pyarrow.parquet.read_table(path).to_pylist()
+        for batch in pyarrow.parquet.ParquetFile(path).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
     except (pyarrow.ArrowException, OSError) as err:
         raise DataError(f"{path}: not a readable Parquet file ({_one_line(err)}); "
                         "re-export it, e.g. with pandas DataFrame.to_parquet") from None

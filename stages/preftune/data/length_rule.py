@@ -25,6 +25,11 @@ what generation leaves by the same rule (fit_prompts).
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator
+
 from tqdm import tqdm
 
 from .encoding import Encoder
@@ -41,25 +46,109 @@ PROMPT_CUTS = {"prompt_turns_dropped": 0, "prompts_cut_in_earlier_turn": 0, "pro
                "prompts_cut_as_text": 0}
 
 
-def fit_rows(rows: list[dict], encode: Encoder, max_prompt_length: int, truncation: str,
-             render: RenderMessages) -> tuple[list[dict], dict]:
-    """Rows that fit encode.max_length (cut as the module docstring says), and the counts."""
-    fields = answer_fields(rows[0]) if rows else ()
-    stats = {"max_length": encode.max_length, "max_prompt_length": max_prompt_length, "truncation": truncation,
-             "rows_cut": 0, "prompts_cut": 0, "prompt_tokens_removed": 0, **PROMPT_CUTS,
-             **{f"{f}_cut": 0 for f in fields}, **{f"{f}_tokens_removed": 0 for f in fields},
-             "dropped_answer_too_long": 0, "dropped_nothing_left": 0, "dropped_identical_after_cut": 0}
-    totals = [key for key in stats if key not in ("max_length", "max_prompt_length", "truncation")]  # the counts
-    kept = []
-    for row in tqdm(rows, desc="fit rows to max_length", unit="row", leave=False, disable=None):
-        counts = dict.fromkeys(totals, 0)  # this row's, added to the totals as kept or as dropped
-        fitted = _fit(row, fields, encode, max_prompt_length, truncation, render, counts)
-        if fitted is not None:
-            kept.append(fitted)
-        for key in totals:
-            if fitted is not None or key.startswith("dropped_"):
-                stats[key] += counts[key]
-    return kept, stats
+ROWS_PER_BATCH = 256  # rows tokenized in one batched call, and what a worker process fits at a time
+
+
+def fit_rows(rows: list[dict], encode: Encoder, max_prompt_length: int, truncation: str, render: RenderMessages,
+             workers: int = 1, batched: bool = True) -> tuple[list[dict], dict]:
+    """Rows that fit encode.max_length (cut as the module docstring says), and the counts (Fitting, all at once)."""
+    fitting = Fitting(encode, max_prompt_length, truncation, render, workers, batched)
+    return list(fitting.kept(rows)), fitting.stats
+
+
+class Fitting:
+    """The length rule over a stream of rows: `kept(rows)` yields, in order, the rows that fit (cut as the module
+    docstring says) and adds every row's cuts and drops to `stats`; memory does not grow with the rows.
+
+    The rows go in batches of ROWS_PER_BATCH: each batch's prompts and prompt + answer texts are tokenized in one
+    batched call, and every later length of that batch reads those ids (Encoder.batch), so a row that fits is
+    tokenized once; `workers` processes fit batches side by side. Neither changes a result: `batched=False`,
+    `workers=1` is the one-row-at-a-time path they are tested against."""
+
+    def __init__(self, encode: Encoder, max_prompt_length: int, truncation: str, render: RenderMessages,
+                 workers: int = 1, batched: bool = True):
+        self.encode, self.max_prompt, self.truncation, self.render = encode, max_prompt_length, truncation, render
+        self.workers, self.batched = workers, batched
+        self.stats = self._counts(())
+
+    def _counts(self, fields) -> dict:
+        return {"max_length": self.encode.max_length, "max_prompt_length": self.max_prompt,
+                "truncation": self.truncation, "rows_cut": 0, "prompts_cut": 0, "prompt_tokens_removed": 0,
+                **PROMPT_CUTS, **{f"{f}_cut": 0 for f in fields}, **{f"{f}_tokens_removed": 0 for f in fields},
+                "dropped_answer_too_long": 0, "dropped_nothing_left": 0, "dropped_identical_after_cut": 0}
+
+    def kept(self, rows: Iterable[dict]) -> Iterator[dict]:
+        batches = _batches(rows, ROWS_PER_BATCH)
+        first = next(batches, None)
+        if first is None:
+            return
+        fields = answer_fields(first[0])
+        stats = self.stats = self._counts(fields)
+        totals = [key for key in stats if key not in ("max_length", "max_prompt_length", "truncation")]
+        job = _FitJob(fields, self.encode, self.max_prompt, self.truncation, self.render, totals, self.batched)
+        with tqdm(desc="fit rows to max_length", unit="row", leave=False, disable=None) as bar:
+            for fitted in _map(job, itertools.chain([first], batches), self.workers):
+                for row, counts in fitted:  # a row's counts join the totals as kept, or as dropped
+                    for key in totals:
+                        if row is not None or key.startswith("dropped_"):
+                            stats[key] += counts[key]
+                    if row is not None:
+                        yield row
+                bar.update(len(fitted))
+
+
+def _batches(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    rows = iter(rows)
+    while batch := list(itertools.islice(rows, size)):
+        yield batch
+
+
+class _FitJob:
+    """Fitting one batch of rows: what a worker process runs (forked, so the tokenizer and the renderer it was
+    given are the parent's, with nothing pickled but the rows)."""
+
+    def __init__(self, fields, encode, max_prompt, truncation, render, totals, batched):
+        self.fields, self.encode, self.max_prompt, self.truncation = fields, encode, max_prompt, truncation
+        self.render, self.totals, self.batched = render, totals, batched
+
+    def __call__(self, rows: list[dict]) -> list[tuple[dict | None, dict]]:
+        texts = [r["prompt"] for r in rows] + [r["prompt"] + r[f] for r in rows for f in self.fields]
+        out = []
+        with self.encode.batch(texts if self.batched else []):
+            for row in rows:
+                counts = dict.fromkeys(self.totals, 0)
+                out.append((_fit(row, self.fields, self.encode, self.max_prompt, self.truncation, self.render,
+                                 counts), counts))
+        return out
+
+
+_JOB: _FitJob | None = None  # the job a forked worker runs
+
+
+def _run_job(rows: list[dict]):
+    return _JOB(rows)
+
+
+def _map(job: _FitJob, batches: Iterator[list[dict]], workers: int) -> Iterator[list]:
+    """job(batch) for each batch, in order: here, or in `workers` forked processes, a few batches per worker in
+    flight at a time (so that memory holds a window of the rows, not all of them)."""
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield from map(job, batches)
+        return
+    global _JOB
+    _JOB, was = job, os.environ.get("TOKENIZERS_PARALLELISM")
+    # The parent's tokenizer may have used its threads already; forked workers each use one core instead.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            while window := list(itertools.islice(batches, 4 * workers)):
+                yield from pool.map(_run_job, window)
+    finally:
+        _JOB = None
+        if was is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM")
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = was
 
 
 def _fit(row: dict, fields, encode: Encoder, max_prompt: int, truncation: str, render, stats: dict) -> dict | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -23,16 +24,27 @@ def atomic_open(path: str | Path, mode: str = "w"):
         tmp.unlink(missing_ok=True)
 
 
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     """One JSON object per line, keys in insertion order: byte-identical for identical rows."""
     with atomic_open(path) as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(jsonl_line(row))
+
+
+def jsonl_line(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False) + "\n"
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """read_jsonl one row at a time: memory holds one line."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 def read_optional_jsonl(path: str | Path) -> list[dict]:
