@@ -32,6 +32,9 @@ def main() -> None:
     model_cfg, cfg = section(params, "model"), section(params, "evaluate")
     device = runtime.resolve_device(model_cfg["device"])
     judge = load_judge(cfg, model_cfg, device)  # every check that can fail, before any work
+    sizes = {name: len(files.read_jsonl(generations(name))) for name in EVAL_SETS}
+    log.info("%s judges %s, and preference pairs that test it (evaluate.prompts: %s)", cfg["judge"],
+             ", ".join(f"{n} {name} prompts" for name, n in sizes.items() if n), cfg["prompts"])
     found = {}
     for name in EVAL_SETS:
         rows = files.read_jsonl(generations(name))

@@ -38,6 +38,8 @@ def main() -> None:
     model = loading.load_causal_lm(SFT).to(device).eval()
     encode = Encoder(tokenizer, model_cfg["max_length"])
     rows = {split: files.read_jsonl(prepared(split)) for split in ("train", "heldout")}
+    log.info("%d train and %d held-out rows: their sequences' log-probs under %s, %d process(es)", len(rows["train"]),
+             len(rows["heldout"]), SFT, world)
     tensors = reference_tensors(model, rows, encode, device, precision, rank, world, gather_object)
     if not state.is_main_process:
         return

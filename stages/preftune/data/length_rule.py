@@ -30,8 +30,7 @@ import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
 
-from tqdm import tqdm
-
+from ..pipeline.progress import track
 from .encoding import Encoder
 from .formats import RenderMessages, answer_fields, render_row
 
@@ -66,9 +65,9 @@ class Fitting:
     `workers=1` is the one-row-at-a-time path they are tested against."""
 
     def __init__(self, encode: Encoder, max_prompt_length: int, truncation: str, render: RenderMessages,
-                 workers: int = 1, batched: bool = True):
+                 workers: int = 1, batched: bool = True, rows_per_batch: int = ROWS_PER_BATCH):
         self.encode, self.max_prompt, self.truncation, self.render = encode, max_prompt_length, truncation, render
-        self.workers, self.batched = workers, batched
+        self.workers, self.batched, self.rows_per_batch = workers, batched, rows_per_batch
         self.stats = self._counts(())
 
     def _counts(self, fields) -> dict:
@@ -78,7 +77,7 @@ class Fitting:
                 "dropped_answer_too_long": 0, "dropped_nothing_left": 0, "dropped_identical_after_cut": 0}
 
     def kept(self, rows: Iterable[dict]) -> Iterator[dict]:
-        batches = _batches(rows, ROWS_PER_BATCH)
+        batches = _batches(rows, self.rows_per_batch)
         first = next(batches, None)
         if first is None:
             return
@@ -86,15 +85,14 @@ class Fitting:
         stats = self.stats = self._counts(fields)
         totals = [key for key in stats if key not in ("max_length", "max_prompt_length", "truncation")]
         job = _FitJob(fields, self.encode, self.max_prompt, self.truncation, self.render, totals, self.batched)
-        with tqdm(desc="fit rows to max_length", unit="row", leave=False, disable=None) as bar:
-            for fitted in _map(job, itertools.chain([first], batches), self.workers):
-                for row, counts in fitted:  # a row's counts join the totals as kept, or as dropped
-                    for key in totals:
-                        if row is not None or key.startswith("dropped_"):
-                            stats[key] += counts[key]
-                    if row is not None:
-                        yield row
-                bar.update(len(fitted))
+        for fitted in track(_map(job, itertools.chain([first], batches), self.workers),
+                            f"fit rows to max_length ({self.rows_per_batch} a batch)", unit="batches"):
+            for row, counts in fitted:  # a row's counts join the totals as kept, or as dropped
+                for key in totals:
+                    if row is not None or key.startswith("dropped_"):
+                        stats[key] += counts[key]
+                if row is not None:
+                    yield row
 
 
 def _batches(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:

@@ -30,6 +30,7 @@ from ..model.generation import generate_answers
 from ..model.reward_model import load_reward_model, pair_scores, score, score_texts
 from ..pipeline.errors import ConfigError, UserError
 from ..pipeline.paths import REWARD
+from ..pipeline.progress import track
 from .pairwise import Template, combine
 from .verdicts import verdict
 
@@ -228,4 +229,5 @@ class OpenAIChat:
 
     def __call__(self, chats: list[list[dict]], max_new_tokens: int, desc: str) -> list[str]:
         with ThreadPoolExecutor(REQUESTS_AT_ONCE) as pool:
-            return list(pool.map(lambda chat: self.ask(chat, max_new_tokens), chats))
+            return list(track(pool.map(lambda chat: self.ask(chat, max_new_tokens), chats), desc, total=len(chats),
+                              unit="calls"))

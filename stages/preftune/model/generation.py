@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from tqdm import tqdm
 
 from ..data.encoding import EVAL_BATCH, left_pad
+from ..pipeline.progress import track
 
 
 @torch.no_grad()
@@ -29,7 +29,7 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
     # Sorting by length keeps left padding short; answers are put back in prompt order at the end.
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     by_index, finished = {}, {}
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=None):
+    for start in track(range(0, len(order), batch_size), f"{desc} ({len(prompts)})", unit="batches"):
         idx = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in left_pad([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
         if sample:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.encoding import EVAL_BATCH, Encoder, collate, length_batches, to_device
+from ..pipeline.progress import track
 from .loading import load_error, resolve_base
 
 
@@ -88,7 +89,7 @@ def score_texts(model, encode: Encoder, prompts: list[str], responses: list[str]
     finished = [True] * len(prompts) if finished is None else finished
     sequences = [encode(p, r, eos=f) for p, r, f in zip(prompts, responses, finished, strict=True)]
     out = [0.0] * len(sequences)
-    for idx in tqdm(length_batches(sequences, batch_size), desc=desc, unit="batch", leave=False, disable=None):
+    for idx in track(length_batches(sequences, batch_size), desc, unit="batches"):
         for i, reward in zip(idx, score(model, [sequences[i] for i in idx], encode.tokenizer.pad_token_id, device).tolist()):
             out[i] = reward
     return out

@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from . import cores, numerics, schema
+from . import cores, numerics, progress, schema
 from .errors import ConfigError
 
 
@@ -111,6 +111,7 @@ def start_stage(stage: str, description: str, item: str | None = None) -> Sectio
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if not sys.stderr.isatty():  # a log file or a pipe: the libraries' progress bars ("Loading weights") are noise
         _quiet_progress_bars()
+    progress.STAGE["name"] = stage
     params = load_params(args.params)
     params.item = getattr(args, item) if item else None
     schema.check(params, stage)

@@ -24,11 +24,11 @@ import logging
 import math
 
 import torch
-from tqdm import tqdm
 
 from ..model.runtime import seed_everything
 from ..pipeline.errors import ConfigError
 from ..pipeline.params import section, start_stage
+from ..pipeline.progress import track
 from . import sharding
 from .batches import batch_order, global_batch, rank_pieces
 from .checkpoints import Checkpoints
@@ -228,8 +228,8 @@ def fit(run: Run, model, objective: Objective, seed: int, live=None,
         totals: dict[str, float] = resumed if epoch == start_epoch else {}
         batches = batch_order(objective.lengths, batch_size, seed + epoch)
         done = start_step if epoch == start_epoch else 0  # batches of this epoch already trained on
-        for k, batch in enumerate(tqdm(batches[done:], desc=f"{name} epoch {epoch}", leave=False,
-                                       disable=None if process.is_main else True), start=done + 1):
+        for k, batch in enumerate(track(batches[done:], f"{name} epoch {epoch}", unit="steps",
+                                        quiet=not process.is_main), start=done + 1):
             lr = scheduler.get_last_lr()[0]
             stats, grad_norm = train_step(process, model, optimizer, scheduler, objective, batch, cfg["max_grad_norm"])
             for key, value in stats.items():

@@ -13,6 +13,7 @@ from ..data.formats import is_unpaired
 from ..model.logprobs import sequence_logprobs
 from ..model.runtime import autocast
 from ..pipeline.errors import DataError
+from ..pipeline.progress import track
 
 PAIR_KINDS = ("chosen", "rejected", "mismatched")
 UNPAIRED_KINDS = ("completion", "mismatched")
@@ -77,8 +78,7 @@ def reference_tensors(model, rows: dict[str, list[dict]], encode: Encoder, devic
             for idx in length_batches(seqs, EVAL_BATCH)]
     mine = [(split, kind, idx, logprobs_of(model, [encoded[split][kind][i] for i in idx], pad, device,
                                            precision=precision).tolist())
-            for split, kind, idx in tqdm(work[rank::world], desc=desc, unit="batch",
-                                         disable=None if rank == 0 else True)]
+            for split, kind, idx in track(work[rank::world], desc, unit="batches", quiet=rank != 0)]
     found = gather(mine) if world > 1 else mine
     if rank != 0:
         return None

