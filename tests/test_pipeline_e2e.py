@@ -235,7 +235,8 @@ def test_changing_the_judge_reruns_only_judging(pipeline, tmp_path):
         wait_for_port(port, server)
         before = json.loads((repo / "metrics" / "eval.json").read_text())
         edit_params(repo, evaluate={"judge": "openai:test-judge", "judge_base_url": f"http://127.0.0.1:{port}/v1"})
-        assert set(status_json(repo)) == {"judge", "evaluate"}
+        assert set(status_json(repo)) == {"judge"}  # evaluate follows through data/judgments
+        assert downstream(repo, "judge") == {"judge", "evaluate"}
         repro = dvc("repro", cwd=repo, env={**ENV, "OPENAI_API_KEY": "k"})
         assert stages_run(repro) == {"judge", "evaluate"}, output(repro)
         after = json.loads((repo / "metrics" / "eval.json").read_text())
