@@ -1,6 +1,7 @@
 """Progress a log file shows. On a terminal a long loop draws tqdm's bar; where nobody watches one (a `dvc repro`
 log, a CI job, a queued experiment) the bar is off, so the loop says instead, every `every` seconds, how far it is,
-how fast it goes and about when it ends: "reference: reference log-probs: 120/400 batches, 2.1/s, about 2 min left".
+how fast it goes and about when it ends: "reference: reference log-probs: 120/400 batches, 2.1/s, about 2 min left"
+(or "35 s each" below one a second).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def track(items: Iterable, desc: str, total: int | None = None, unit: str = "it"
         if now - last >= every:
             last, rate = now, done / (now - start)
             left = f", about {_duration((total - done) / rate)} left" if total and rate > 0 else ""
-            log.info("%s: %d%s %s, %.1f/s%s", desc, done, f"/{total}" if total else "", unit, rate, left)
+            pace = f"{rate:.1f}/s" if rate >= 1 else f"{_duration(1 / rate)} each"
+            log.info("%s: %d%s %s, %s%s", desc, done, f"/{total}" if total else "", unit, pace, left)
 
 
 def _duration(seconds: float) -> str:
