@@ -1,1 +1,1 @@
-"""Judging: the evaluation of the policies, win rates and their statistics, plots."""
+"""Judging: the policies' answers, the judges (reward model, rm:, llm:, openai:), win rates and statistics, plots."""

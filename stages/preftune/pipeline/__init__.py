@@ -1,1 +1,1 @@
-"""What every stage shares: params and their schema, paths, errors, files, numerics, cores, model cards."""
+"""What every stage shares: params and their schema, paths, errors, files, numerics, cores, progress, model cards."""
