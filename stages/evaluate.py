@@ -96,9 +96,10 @@ def heldout_metrics(heldout: Judged, seed: int) -> dict:
     else:
         log.warning("none of the judge's answers on the %d held-out prompts could be read as a verdict: no win rate; "
                     "the raw answers are in %s", len(heldout.verdicts), judgments("heldout"))
+        lengths = {m: sum(map(len, heldout.answers[m])) for m in POLICIES}
         metrics.update({"lc_win_rate": None, "lc_win_rate_ci95": None, "lc_length_coefficient": None,
                         "lc_penalty_c": None, "lc_extreme_change": None,
-                        "length_ratio": sum(map(len, heldout.answers["dpo"])) / max(1, sum(map(len, heldout.answers["sft"])))})
+                        "length_ratio": lengths["dpo"] / max(1, lengths["sft"])})  # as the fit reports it
     if metrics["lc_extreme_change"]:  # AlpacaEval's guard: the length fit moved the rate implausibly far
         log.warning("length-controlled win rate %.3f is far from the raw one (ties as half) %.3f: the length fit may "
                     "have failed (length coefficient %.2f); read it with care", metrics["lc_win_rate"],
@@ -210,14 +211,19 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 def log_summary(metrics: dict) -> None:
     fresh = bool(metrics["judge_pairs_fresh"])
     which = "judge_accuracy_fresh" if fresh else "judge_accuracy"
-    judged_by = (f"judge accuracy {metrics[which]:.2f} [{metrics[f'{which}_ci95'][0]:.2f}, "
-                 f"{metrics[f'{which}_ci95'][1]:.2f}] on {metrics['judge_pairs_fresh' if fresh else 'judge_pairs']} "
-                 f"{'fresh' if fresh else 'held-out'} pairs" if metrics[which] is not None else "no pairs to test the judge")
+    if metrics[which] is None:
+        judged_by = "no pairs to test the judge"
+    else:
+        lo, hi = metrics[f"{which}_ci95"]
+        pairs = metrics["judge_pairs_fresh" if fresh else "judge_pairs"]
+        judged_by = (f"judge accuracy {metrics[which]:.2f} [{lo:.2f}, {hi:.2f}] on {pairs} "
+                     f"{'fresh' if fresh else 'held-out'} pairs")
     if metrics["win_rate"] is None:
         rate = "no win rate (no held-out verdict could be read"
     else:
-        rate = (f"win rate {metrics['win_rate']:.3f} (ties as half {metrics['win_rate_ties_half']:.3f}; length-controlled "
-                f"{metrics['lc_win_rate']:.3f} [{metrics['lc_win_rate_ci95'][0]:.3f}, {metrics['lc_win_rate_ci95'][1]:.3f}]")
+        lo, hi = metrics["lc_win_rate_ci95"]
+        rate = (f"win rate {metrics['win_rate']:.3f} (ties as half {metrics['win_rate_ties_half']:.3f}; "
+                f"length-controlled {metrics['lc_win_rate']:.3f} [{lo:.3f}, {hi:.3f}]")
     log.info("%s, DPO answers %.2fx SFT's length; %d/%d/%d; %s%s%s) | gold accuracy sft %s dpo %s | KL %.3f", rate,
              metrics["length_ratio"], metrics["wins"], metrics["ties"], metrics["losses"], judged_by,
              "" if metrics["win_rate_informative"] else ": UNINFORMATIVE, the judge may be guessing",

@@ -4,7 +4,8 @@ prepare's rule. Also what needs the policies themselves: the KL estimate of DPO 
 the DPO policy's implicit-reward accuracy on the preference pairs.
 
 Writes data/generations/<set>.jsonl (per prompt: the fitted prompt, each policy's answer and whether it ended) and
-data/generations/policies.json (the KL, the implicit-reward hits, the prompts cut). The judge stage judges these answers; changing the judge reruns judging, not this."""
+data/generations/policies.json (the KL, the implicit-reward hits, the prompts cut). The judge stage judges these
+answers; changing the judge reruns judging, not this."""
 
 from preftune.pipeline import numerics
 

@@ -32,12 +32,11 @@ def main() -> None:
     model_cfg, cfg = section(params, "model"), section(params, "evaluate")
     device = runtime.resolve_device(model_cfg["device"])
     judge = load_judge(cfg, model_cfg, device)  # every check that can fail, before any work
-    sizes = {name: len(files.read_jsonl(generations(name))) for name in EVAL_SETS}
+    answered = {name: files.read_jsonl(generations(name)) for name in EVAL_SETS}
     log.info("%s judges %s, and preference pairs that test it (evaluate.prompts: %s)", cfg["judge"],
-             ", ".join(f"{n} {name} prompts" for name, n in sizes.items() if n), cfg["prompts"])
+             ", ".join(f"{len(rows)} {name} prompts" for name, rows in answered.items() if rows), cfg["prompts"])
     found = {}
-    for name in EVAL_SETS:
-        rows = files.read_jsonl(generations(name))
+    for name, rows in answered.items():
         found[name] = judge.compare([r["prompt"] for r in rows], [r["answers"]["dpo"] for r in rows],
                                     [r["answers"]["sft"] for r in rows],
                                     ([r["finished"]["dpo"] for r in rows], [r["finished"]["sft"] for r in rows]),
@@ -46,10 +45,10 @@ def main() -> None:
         found[name] = judge.pairs(rows, desc=f"judge {name}") if rows else []
     for name, records in found.items():
         files.write_jsonl(judgments(name), records)
-    encode = getattr(judge, "encode", None)
+    encode, kind = getattr(judge, "encode", None), kind_of(cfg["judge"])
     files.write_json(f"{JUDGMENTS}/judge.json", {
-        "judge": cfg["judge"], "kind": kind_of(cfg["judge"]), "calls": judge.calls,
-        "template": None if kind_of(cfg["judge"]) in ("reward", "rm") else cfg["judge_template"],
+        "judge": cfg["judge"], "kind": kind, "calls": judge.calls,
+        "template": None if kind in ("reward", "rm") else cfg["judge_template"],
         "sequences_truncated": encode.truncated if encode is not None else None})
     unread = sum(r["verdict"] is None for records in found.values() for r in records if "verdict" in r)
     log.info("%s judged %s in %d calls; %d judgments could not be read", cfg["judge"],

@@ -184,7 +184,8 @@ def main() -> None:
                 out.write(files.jsonl_line(row))
                 keys.append(dataset.prompt_key(row["prompt"]))
                 words.append(dataset.answer_words(row))
-                kinds.append((row.get("category"), row.get("rejected_kind")))
+                if cfg["source"] == "grammar":  # the built-in task's rows say what they are made of
+                    kinds.append({k: row[k] for k in ("category", "rejected_kind")})
         n_read, duplicates, lengths = distinct.read, distinct.dropped, fitting.stats
         seconds = time.perf_counter() - started
         if not keys:
@@ -230,10 +231,9 @@ def main() -> None:
         "train_lengths": dataset.word_stats(train_words),
     }
     if cfg["source"] == "grammar":  # what the built-in task's rows are made of
-        metrics.update({"train_by_category": dataset.count_by([{"category": kinds[i][0]} for i in train_idx],
-                                                              "category"),
-                        "train_by_rejected_kind": dataset.count_by([{"rejected_kind": kinds[i][1]} for i in train_idx],
-                                                                   "rejected_kind"),
+        train_kinds = [kinds[i] for i in train_idx]
+        metrics.update({"train_by_category": dataset.count_by(train_kinds, "category"),
+                        "train_by_rejected_kind": dataset.count_by(train_kinds, "rejected_kind"),
                         "sft_by_tutor_kind": dataset.count_by(sft, "tutor_kind")})
     files.write_json(PREPARE_METRICS, metrics)
     answers = ("completion",) if unpaired else ("chosen", "rejected")

@@ -44,8 +44,8 @@ class Encoder:
     A response ends in EOS once, unless prepare cut it (`eos=False`: a cut answer must not teach the model to
     stop there): an answer rendered by a chat template that closes turns with EOS already ends with it
     (formats.chat_renderer), and gets no second one; a generated answer, which stops at EOS, then encodes to
-    the same ids. `prepare` fits every row with this same class (length_rule.py), so on prepared data nothing is cut here;
-    a sequence still too long (a foreign file, a generated answer) loses prompt tokens from the left first, then
+    the same ids. `prepare` fits every row with this same class (length_rule.py), so on prepared data nothing is cut
+    here; a sequence still too long (a foreign file, a generated answer) loses prompt tokens from the left first, then
     response tokens from the right, and is counted in `truncated`.
     """
 

@@ -47,8 +47,8 @@ def kind_of(spec: str) -> str:
 def load_judge(cfg: dict, model_cfg: dict, device):
     """The judge evaluate.judge names, loaded and checked (one line for a judge that cannot judge)."""
     spec = cfg["judge"]
-    kind, _, name = spec.partition(":")
-    if spec == "reward":
+    kind, name = kind_of(spec), spec.partition(":")[2]
+    if kind == "reward":
         return RewardJudge(REWARD, Encoder(loading.load_tokenizer(REWARD), model_cfg["max_length"]), device, cfg)
     if kind == "rm":
         tokenizer = loading.load_tokenizer(name, model_cfg["trust_remote_code"], key="evaluate.judge")
