@@ -2,7 +2,7 @@
 """DPO on a real model at the lengths users train at: this stage's step against TRL's DPOTrainer, in one run.
 SmolLM2-135M-Instruct, LoRA r8 on all linear layers, 8 pairs a step, on realistic multi-turn rows (default
 tests/fixtures/datasets/long_sharegpt.json: 40 distinct pairs of 206-1,304 SmolLM2 tokens, rendered by the model's
-chat template and fitted to each --max-length by the pipeline's own length rule, length_rule.fit_rows).
+chat template and fitted to each --max-length by the pipeline's own length rule, fitting.fit_rows).
 
     /tmp/bench-venv/bin/python benchmarks/dpo_smollm2.py --max-length 256 1024    # trl==1.16.0 (benchmarks/README.md)
 
@@ -47,7 +47,7 @@ os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZE
 
 import torch  # noqa: E402
 
-from preftune.data import formats, length_rule  # noqa: E402
+from preftune.data import fitting, formats, length_rule  # noqa: E402
 from preftune.data.encoding import Encoder  # noqa: E402
 from preftune.model import adapters, loading  # noqa: E402
 from preftune.model.packing import pack_pairs  # noqa: E402
@@ -93,7 +93,7 @@ def pairs(tokenizer, data: str, max_length: int, first: int | None = None) -> li
         if key not in seen:
             seen.add(key)
             distinct.append(row)
-    fitted, _ = length_rule.fit_rows(distinct, Encoder(tokenizer, max_length),
+    fitted, _ = fitting.fit_rows(distinct, Encoder(tokenizer, max_length),
                                      length_rule.default_prompt_length(max_length, None), "truncate",
                                      formats.chat_renderer(tokenizer))
     return [{k: v for k, v in r.items() if k != "messages"} for r in fitted][:first]

@@ -6,7 +6,7 @@ and rejected collated into one padded tensor, as PairObjective.loss does). No mo
     python tests/fixtures/make_long.py --pairs 300 --seed 11 --out /tmp/long300.json
     python benchmarks/padding_share.py --data /tmp/long300.json --max-length 256 1024
 
-For each max_length the rows are fitted by the pipeline's own length rule (length_rule.fit_rows, as prepare does) and
+For each max_length the rows are fitted by the pipeline's own length rule (fitting.fit_rows, as prepare does) and
 encoded as the stages encode them (pairs.encode_pairs). Reported per max_length, over one epoch of the training set
 at --batch pairs a step: real tokens, padded positions, the padding share, the same share when batches are grouped
 by the longer sequence of each pair instead of the pair's total, and for random (not length-grouped) batches of
@@ -28,6 +28,7 @@ os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZE
 
 from preftune.data import (  # noqa: E402
     dataset,  # noqa: E402
+    fitting,
     formats,
     length_rule,
 )
@@ -73,7 +74,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for max_length in args.max_length:
         encode = Encoder(tokenizer, max_length)
-        fitted, _ = length_rule.fit_rows(rows, encode, length_rule.default_prompt_length(max_length, None), "truncate", render)
+        fitted, _ = fitting.fit_rows(rows, encode, length_rule.default_prompt_length(max_length, None), "truncate", render)
         encoded = encode_pairs(encode, fitted)
         n = len(fitted)
         lengths = [len(encoded["chosen"][i].ids) + len(encoded["rejected"][i].ids) for i in range(n)]

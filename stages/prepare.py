@@ -5,7 +5,7 @@ a byte-level BPE trained here, so lengths are decided in the model's own tokens.
 Source `grammar` generates the built-in grammar-tutor task from `seed`, with its gold, validation and judge sets
 in data/prepared/checks/; any other source is a file under data/raw/ (yaml, jsonl, json, csv, parquet) of
 preference pairs or of unpaired feedback (formats.py), which dvc.yaml lists as a dependency, so editing it
-reruns this stage and whatever its outputs feed. Rows are fitted to `model.max_length` (length_rule.py: cut, or
+reruns this stage and whatever its outputs feed. Rows are fitted to `model.max_length` (length_rule.py, fitting.py: cut, or
 dropped under `data.truncation: drop`), exact duplicates dropped or refused (`data.duplicates`), all counted in
 metrics/prepare.json. Everything is validated before the first file is written, so a bad input leaves
 no partial outputs.
@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from preftune.data import dataset, formats, length_rule, task
+from preftune.data import dataset, fitting, formats, length_rule, task
 from preftune.data.encoding import Encoder
 from preftune.model import loading, scratch
 from preftune.pipeline import files
@@ -169,15 +169,16 @@ def main() -> None:
     if from_scratch:
         tokenizer = scratch.train_tokenizer(scratch_tokenizer_texts(source_rows(), sft), model_cfg["vocab_size"])
     loading.ensure_pad_token(tokenizer)
-    fitting = length_rule.Fitting(Encoder(tokenizer, max_length), max_prompt, cfg["truncation"], render,
+    fitter = fitting.Fitting(Encoder(tokenizer, max_length), max_prompt, cfg["truncation"], render,
                                   workers=len(os.sched_getaffinity(0)))
+    log.info("tokenizing %s, in %d processes", fitter.tokenizing, fitter.workers)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prepare-") as spool_dir:
         # One pass: read, drop duplicates, fit, and spool the kept rows to disk; what the split, the label noise and
         # the statistics need of each row stays in memory (a prompt digest, answer word counts), not the row.
         spool, keys, words, kinds = Path(spool_dir) / "fitted.jsonl", [], [], []
         with open(spool, "w", encoding="utf-8", newline="") as out:
-            for row in fitting.kept(source_rows()):
+            for row in fitter.kept(source_rows()):
                 # A conversation keeps its prompt's messages: evaluate and the rounds cut prompts by the same rule.
                 row = {**{k: v for k, v in row.items() if k != "messages"},
                        **({"messages": {"prompt": row["messages"]["prompt"]}} if "messages" in row else {})}
@@ -186,7 +187,7 @@ def main() -> None:
                 words.append(dataset.answer_words(row))
                 if cfg["source"] == "grammar":  # the built-in task's rows say what they are made of
                     kinds.append({k: row[k] for k in ("category", "rejected_kind")})
-        n_read, duplicates, lengths = distinct.read, distinct.dropped, fitting.stats
+        n_read, duplicates, lengths = distinct.read, distinct.dropped, fitter.stats
         seconds = time.perf_counter() - started
         if not keys:
             raise ConfigError(f"params.yaml: model.max_length: {max_length} tokens leave no room "

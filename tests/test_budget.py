@@ -1,6 +1,6 @@
-"""length_rule.fit_rows, the length rule, on the scratch tokenizer: exact fits measured by the stages' own Encoder."""
+"""fitting.fit_rows, the length rule, on the scratch tokenizer: exact fits measured by the stages' own Encoder."""
 
-from preftune.data import length_rule
+from preftune.data import fitting, length_rule
 from preftune.data.encoding import Encoder
 from preftune.data.formats import render_plain
 
@@ -13,7 +13,7 @@ def text(n_words: int, start: int = 0) -> str:
 
 def fit(tok, rows, max_length=64, max_prompt=32, truncation="truncate"):
     encode = Encoder(tok, max_length)
-    kept, stats = length_rule.fit_rows(rows, encode, max_prompt, truncation, render_plain)
+    kept, stats = fitting.fit_rows(rows, encode, max_prompt, truncation, render_plain)
     return encode, kept, stats
 
 
@@ -93,7 +93,7 @@ def conversation(*turns, system=None, chosen=" Yes, it is.", rejected=" No."):
 def fit_conversations(tokenizer, render, rows, max_length, max_prompt):
     rows = formats.normalize_rows(rows, "rows.jsonl", render)
     encode = Encoder(tokenizer, max_length)
-    kept, stats = length_rule.fit_rows(rows, encode, max_prompt, "truncate", render)
+    kept, stats = fitting.fit_rows(rows, encode, max_prompt, "truncate", render)
     return encode, rows, kept, stats
 
 

@@ -19,7 +19,7 @@ import yaml
 from dvc_helpers import ROOT, STAGES, dvc, edit_params, output, require, stages_run, tiny_clone
 from preftune.data.encoding import Encoder
 from preftune.data.formats import load_pairs, renderer
-from preftune.data.length_rule import Fitting
+from preftune.data.fitting import Fitting
 from preftune.model.loading import ensure_pad_token, load_tokenizer
 from preftune.pipeline import files
 from preftune.train.pairs import encode_pairs
@@ -158,14 +158,15 @@ def smollm2_tokenizer():
 @pytest.mark.parametrize("max_length", [256, 1024])
 @pytest.mark.parametrize("source", ["long_sharegpt.json", "long_kto.jsonl"])
 def test_batched_and_parallel_fitting_keeps_what_one_row_at_a_time_keeps(smollm2_tokenizer, source, max_length):
-    """prepare's fast path (a batch's texts tokenized in one call, batches fitted in 2 forked processes, batches of
-    8 so that both workers get several) gives the same rows, in the same order, with the same counts, as fitting one
-    row at a time with one tokenizer call per length."""
+    """prepare's fast path (a batch's texts tokenized in one call, by the pieces between special tokens, batches
+    fitted in 2 forked processes, batches of 8 so that both workers get several) gives the same rows, in the same
+    order, with the same counts, as fitting one row at a time with one tokenizer call per whole text."""
     render = renderer(smollm2_tokenizer)
     rows = load_pairs(LONG / source, render_messages=render)
 
     def fit(**how):
         fitting = Fitting(Encoder(smollm2_tokenizer, max_length), max_length // 2, "truncate", render, **how)
+        assert (fitting.pieces is not None) == how["batched"]
         return list(fitting.kept(rows)), fitting.stats
 
     plain = fit(workers=1, batched=False)

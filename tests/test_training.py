@@ -11,14 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from preftune.data import length_rule
+from preftune.data import fitting
 from preftune.data.encoding import Encoder, Sequence, collate
 from preftune.data.formats import render_plain
 from preftune.model import adapters, packing
 from preftune.model.logprobs import ResponseLogprobs
-from preftune.model.packing import (PACKING_PROVED, PackedPairLogprobs, check_packed_equals_padded, pack_pairs,
-                                    shared_prefix, supports_packing)
+from preftune.model.packing import (
+    PACKING_PROVED,
+    PackedPairLogprobs,
+    check_packed_equals_padded,
+    pack_pairs,
+    shared_prefix,
+    supports_packing,
+)
 from preftune.model.reward_model import evaluate_pairs, load_reward_model, score_texts
 from preftune.pipeline import schema
 from preftune.pipeline.errors import ConfigError, UserError
@@ -47,7 +52,7 @@ def one_process(precision: str = "fp32", accumulation: int = 1) -> Process:
 @pytest.fixture(scope="module")
 def split(generated, tok):
     """The generated pairs fitted to MAX_LENGTH as prepare fits them (length_rule.py), so that no stage cuts them."""
-    pairs, _ = length_rule.fit_rows(generated["pairs"], Encoder(tok, MAX_LENGTH), MAX_LENGTH // 2, "truncate",
+    pairs, _ = fitting.fit_rows(generated["pairs"], Encoder(tok, MAX_LENGTH), MAX_LENGTH // 2, "truncate",
                                     render_plain)
     return pairs[:N_TRAIN], pairs[N_TRAIN:]
 
@@ -313,7 +318,7 @@ def awkward_pairs(vocab: int, n: int = 6):
     """Pairs of different lengths whose answers share a first token or two; one rejected answer is the start of its
     chosen one (the shared prefix is then the whole rejected sequence), one prompt is a single token."""
     g = torch.Generator().manual_seed(1)
-    ids = lambda k: torch.randint(3, vocab, (k,), generator=g).tolist()  # noqa: E731
+    ids = lambda k: torch.randint(3, vocab, (k,), generator=g).tolist()
     chosen, rejected = [], []
     for i in range(n):
         prompt, common = ids(1 if i == 0 else 2 + 3 * i), ids(i % 3)

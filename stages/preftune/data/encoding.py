@@ -58,18 +58,23 @@ class Encoder:
         self._known: dict[str, list[int]] | None = None  # a batch's ids by text (`batch`), else no cache
 
     def ids(self, text: str) -> list[int]:
-        """The text's token ids, without special tokens: from the current batch when it holds them."""
-        if self._known is not None and text in self._known:
-            return self._known[text]
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """The text's token ids, without special tokens: inside `batch`, each text is tokenized once."""
+        if self._known is None:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if text not in self._known:  # the length rule measures a cut prompt more than once
+            self._known[text] = self._tokenize([text])[0]
+        return self._known[text]
 
     @contextmanager
-    def batch(self, texts: list[str]):
+    def batch(self, texts: list[str], tokenize=None):
         """Tokenize `texts` in one batched call (the fast tokenizer's Rust side, not one Python call each) and
-        answer `ids` from them inside the block. The ids are exactly those of one call per text; only a batch's
-        worth is kept, so memory does not grow with the dataset."""
+        answer `ids` from them, and from every other text tokenized inside the block. The ids are exactly those of
+        one call per text; only a batch's worth is kept, so memory does not grow with the dataset. `tokenize`
+        (texts -> ids, e.g. pieces.PieceTokenizer.tokenize) replaces the tokenizer's own batched call, and must
+        give the same ids."""
+        self._tokenize = tokenize or (lambda batch: self.tokenizer(batch, add_special_tokens=False)["input_ids"])
         unique = list(dict.fromkeys(texts))
-        self._known = dict(zip(unique, self.tokenizer(unique, add_special_tokens=False)["input_ids"])) if unique else {}
+        self._known = dict(zip(unique, self._tokenize(unique))) if unique else {}
         try:
             yield self
         finally:

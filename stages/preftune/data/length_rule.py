@@ -26,13 +26,9 @@ what generation leaves by the same rule (fit_prompts).
 from __future__ import annotations
 
 import itertools
-import multiprocessing
-import os
-from collections.abc import Iterable, Iterator
 
-from ..pipeline.progress import track
 from .encoding import Encoder
-from .formats import RenderMessages, answer_fields, render_row
+from .formats import RenderMessages, render_row
 
 
 def default_prompt_length(max_length: int, max_prompt_length: int | None) -> int:
@@ -45,111 +41,9 @@ PROMPT_CUTS = {"prompt_turns_dropped": 0, "prompts_cut_in_earlier_turn": 0, "pro
                "prompts_cut_as_text": 0}
 
 
-ROWS_PER_BATCH = 256  # rows tokenized in one batched call, and what a worker process fits at a time
-
-
-def fit_rows(rows: list[dict], encode: Encoder, max_prompt_length: int, truncation: str, render: RenderMessages,
-             workers: int = 1, batched: bool = True) -> tuple[list[dict], dict]:
-    """Rows that fit encode.max_length (cut as the module docstring says), and the counts (Fitting, all at once)."""
-    fitting = Fitting(encode, max_prompt_length, truncation, render, workers, batched)
-    return list(fitting.kept(rows)), fitting.stats
-
-
-class Fitting:
-    """The length rule over a stream of rows: `kept(rows)` yields, in order, the rows that fit (cut as the module
-    docstring says) and adds every row's cuts and drops to `stats`; memory does not grow with the rows.
-
-    The rows go in batches of ROWS_PER_BATCH: each batch's prompts and prompt + answer texts are tokenized in one
-    batched call, and every later length of that batch reads those ids (Encoder.batch), so a row that fits is
-    tokenized once; `workers` processes fit batches side by side. Neither changes a result: `batched=False`,
-    `workers=1` is the one-row-at-a-time path they are tested against."""
-
-    def __init__(self, encode: Encoder, max_prompt_length: int, truncation: str, render: RenderMessages,
-                 workers: int = 1, batched: bool = True, rows_per_batch: int = ROWS_PER_BATCH):
-        self.encode, self.max_prompt, self.truncation, self.render = encode, max_prompt_length, truncation, render
-        self.workers, self.batched, self.rows_per_batch = workers, batched, rows_per_batch
-        self.stats = self._counts(())
-
-    def _counts(self, fields) -> dict:
-        return {"max_length": self.encode.max_length, "max_prompt_length": self.max_prompt,
-                "truncation": self.truncation, "rows_cut": 0, "prompts_cut": 0, "prompt_tokens_removed": 0,
-                **PROMPT_CUTS, **{f"{f}_cut": 0 for f in fields}, **{f"{f}_tokens_removed": 0 for f in fields},
-                "dropped_answer_too_long": 0, "dropped_nothing_left": 0, "dropped_identical_after_cut": 0}
-
-    def kept(self, rows: Iterable[dict]) -> Iterator[dict]:
-        batches = _batches(rows, self.rows_per_batch)
-        first = next(batches, None)
-        if first is None:
-            return
-        fields = answer_fields(first[0])
-        stats = self.stats = self._counts(fields)
-        totals = [key for key in stats if key not in ("max_length", "max_prompt_length", "truncation")]
-        job = _FitJob(fields, self.encode, self.max_prompt, self.truncation, self.render, totals, self.batched)
-        for fitted in track(_map(job, itertools.chain([first], batches), self.workers),
-                            f"fit rows to max_length ({self.rows_per_batch} a batch)", unit="batches"):
-            for row, counts in fitted:  # a row's counts join the totals as kept, or as dropped
-                for key in totals:
-                    if row is not None or key.startswith("dropped_"):
-                        stats[key] += counts[key]
-                if row is not None:
-                    yield row
-
-
-def _batches(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
-    rows = iter(rows)
-    while batch := list(itertools.islice(rows, size)):
-        yield batch
-
-
-class _FitJob:
-    """Fitting one batch of rows: what a worker process runs (forked, so the tokenizer and the renderer it was
-    given are the parent's, with nothing pickled but the rows)."""
-
-    def __init__(self, fields, encode, max_prompt, truncation, render, totals, batched):
-        self.fields, self.encode, self.max_prompt, self.truncation = fields, encode, max_prompt, truncation
-        self.render, self.totals, self.batched = render, totals, batched
-
-    def __call__(self, rows: list[dict]) -> list[tuple[dict | None, dict]]:
-        texts = [r["prompt"] for r in rows] + [r["prompt"] + r[f] for r in rows for f in self.fields]
-        out = []
-        with self.encode.batch(texts if self.batched else []):
-            for row in rows:
-                counts = dict.fromkeys(self.totals, 0)
-                out.append((_fit(row, self.fields, self.encode, self.max_prompt, self.truncation, self.render,
-                                 counts), counts))
-        return out
-
-
-_JOB: _FitJob | None = None  # the job a forked worker runs
-
-
-def _run_job(rows: list[dict]):
-    return _JOB(rows)
-
-
-def _map(job: _FitJob, batches: Iterator[list[dict]], workers: int) -> Iterator[list]:
-    """job(batch) for each batch, in order: here, or in `workers` forked processes, a few batches per worker in
-    flight at a time (so that memory holds a window of the rows, not all of them)."""
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        yield from map(job, batches)
-        return
-    global _JOB
-    _JOB, was = job, os.environ.get("TOKENIZERS_PARALLELISM")
-    # The parent's tokenizer may have used its threads already; forked workers each use one core instead.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            while window := list(itertools.islice(batches, 4 * workers)):
-                yield from pool.map(_run_job, window)
-    finally:
-        _JOB = None
-        if was is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM")
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = was
-
-
-def _fit(row: dict, fields, encode: Encoder, max_prompt: int, truncation: str, render, stats: dict) -> dict | None:
+def fit_row(row: dict, fields, encode: Encoder, max_prompt: int, truncation: str, render, stats: dict) -> dict | None:
+    """The row fitted to encode.max_length as the module docstring says, or None when it is dropped; adds its cuts
+    and drops to `stats` (a Fitting counts dict)."""
     max_length = encode.max_length
     answer = {f: encode.length(row["prompt"], row[f]) - len(encode.prompt_ids(row["prompt"])) for f in fields}
     prompt_len = len(encode.prompt_ids(row["prompt"]))
@@ -234,14 +128,22 @@ def fit_prompt(row: dict, encode: Encoder, budget: int, render: RenderMessages, 
     def fits(kept: list) -> bool:
         return len(encode.prompt_ids(render(system + kept, True))) <= budget
 
-    while len(groups) > 1 and not fits(_flat(groups[1:])):  # whole turns go while the rest is still too long
-        stats["prompt_turns_dropped"] += len(groups.pop(0))
+    # Whole turns go, oldest first, while the rest is still too long: the fewest `drop` for which the turns after
+    # groups[drop] fit (at most all but the last), searched from the guess that tokens go with characters.
+    excess = len(encode.prompt_ids(row["prompt"])) - budget
+    per_char = len(encode.prompt_ids(row["prompt"])) / max(len(row["prompt"]), 1)
+    sizes = itertools.accumulate(sum(len(str(m["content"])) for m in g) * per_char for g in groups)
+    guess = next((k for k, size in enumerate(sizes) if size >= excess), len(groups) - 1)
+    drop = _fewest(lambda k: fits(_flat(groups[k + 1:])), len(groups) - 1, guess)
+    stats["prompt_turns_dropped"] += len(_flat(groups[:drop]))
+    groups = groups[drop:]
     if fits(_flat(groups)):
         return rendered(_flat(groups))
     # Cut the oldest content that still has to go from its start: the oldest turn's first message
     first, rest = groups[0][0], _flat(groups[1:])
     content = _cut_head_to_fit(first["content"], encode,
-                               lambda c: fits([{**first, "content": c}, *groups[0][1:], *rest]))
+                               lambda c: fits([{**first, "content": c}, *groups[0][1:], *rest]),
+                               len(encode.prompt_ids(render(system + _flat(groups), True))) - budget)
     if content is None and rest:  # even all of it is not enough: the whole turn goes, and the rest fits
         stats["prompt_turns_dropped"] += len(groups[0])
         return rendered(rest)
@@ -272,20 +174,47 @@ def _flat(groups: list[list]) -> list:
     return [m for g in groups for m in g]
 
 
-def _cut_head_to_fit(text, encode: Encoder, fits) -> str | None:
+def _cut_head_to_fit(text, encode: Encoder, fits, excess: int) -> str | None:
     """The longest end of `text`, cut at a token boundary, for which fits(end) holds; None when none does (an
-    empty end counts as none). Binary search: fewer tokens never make a prompt longer."""
+    empty end counts as none). Fewer tokens never make a prompt longer, so this is a search (_fewest), from the guess
+    that cutting `excess` tokens (what the prompt is over its budget) is enough."""
     if not isinstance(text, str):
         return None
     starts = [start for start, _ in encode.tokenizer(text, add_special_tokens=False,
                                                      return_offsets_mapping=True)["offset_mapping"]]
-    lo, hi = 0, len(starts)  # a cut before token k keeps text[starts[k]:]; find the smallest k that fits
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if fits(text[starts[mid]:]):
-            hi = mid
-        else:
-            lo = mid + 1
-    if lo == len(starts) or not text[starts[lo]:].strip():
+    cut = _fewest(lambda k: fits(text[starts[k]:]), len(starts), excess)  # a cut before token k keeps text[starts[k]:]
+    if cut == len(starts) or not text[starts[cut]:].strip():
         return None
-    return text[starts[lo]:]
+    return text[starts[cut]:]
+
+
+def _fewest(holds, n: int, guess: int) -> int:
+    """The smallest k in [0, n) for which holds(k), or n when none does, for a `holds` that stays true once it is
+    (false ... false true ... true). It looks at `guess` first, then gallops away from it and bisects, so a good
+    guess costs two calls where a bisection costs log2(n) and a scan from 0 costs k + 1."""
+    no, yes = -1, n  # holds(no) is false (or no is -1), holds(yes) is true (or yes is n)
+    if n == 0:
+        return 0
+    probe, step = min(max(guess, 0), n - 1), 1
+    going_down = holds(probe)
+    no, yes = (no, probe) if going_down else (probe, yes)
+    while yes - no > 1:
+        probe = yes - step if going_down else no + step
+        if (going_down and probe <= no) or (not going_down and probe >= yes):
+            break
+        if holds(probe):
+            yes = probe
+            if not going_down:
+                break
+        else:
+            no = probe
+            if going_down:
+                break
+        step *= 2
+    while yes - no > 1:
+        mid = (no + yes) // 2
+        if holds(mid):
+            yes = mid
+        else:
+            no = mid
+    return yes
