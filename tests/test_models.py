@@ -70,7 +70,7 @@ def test_encoder_prompt_is_prefix_and_eos_last(generated, tok):
 def test_encoder_empty_response_is_just_eos(tok):
     encode = Encoder(tok, 128)
     seq = encode("Answer:", "")
-    assert seq.ids[seq.prompt_len:] == (tok.eos_token_id,)
+    assert list(seq.ids[seq.prompt_len:]) == [tok.eos_token_id]
     assert seq.response_len == 1
 
 
