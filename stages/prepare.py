@@ -171,7 +171,6 @@ def main() -> None:
     loading.ensure_pad_token(tokenizer)
     fitter = fitting.Fitting(Encoder(tokenizer, max_length), max_prompt, cfg["truncation"], render,
                                   workers=len(os.sched_getaffinity(0)))
-    log.info("tokenizing %s, in %d processes", fitter.tokenizing, fitter.workers)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prepare-") as spool_dir:
         # One pass: read, drop duplicates, fit, and spool the kept rows to disk; what the split, the label noise and
@@ -198,7 +197,8 @@ def main() -> None:
         if sft is None and not any(not unpaired or words[i][1] for i in train_idx):
             raise DataError(NO_DEMOS)
         # after every check: a bad input is one line
-        log.info("%d rows read and fitted in %.1f s (%.0f rows/s)", n_read, seconds, n_read / max(seconds, 1e-9))
+        log.info("%d rows read and fitted in %.1f s (%.0f rows/s; tokenizing %s, in %d processes)", n_read, seconds,
+                 n_read / max(seconds, 1e-9), fitter.tokenizing, fitter.workers)
         heldout_set, n_demos = set(heldout_idx), 0
         with files.atomic_open(prepared("train")) as train_out, files.atomic_open(prepared("heldout")) as held_out, \
                 files.atomic_open(prepared("sft")) as sft_out:
