@@ -105,17 +105,45 @@ def test_an_added_token_that_strips_whitespace_is_refused_and_would_be_wrong():
     assert forced(tokenizer).tokenize(texts) != whole(tokenizer, texts)
 
 
-def test_special_tokens_read_as_text_are_refused_by_the_probes():
-    """A tokenizer that tokenizes its special tokens as text (transformers' split_special_tokens) passes the
-    structural checks; only the probes catch it."""
-    tokenizer = small_tokenizer(pre_tokenizers.ByteLevel(add_prefix_space=False), AddedToken("<sep>", special=True),
+def test_special_tokens_read_as_text_are_refused():
+    """transformers' split_special_tokens: the tokenizer reads its special tokens as text, so cutting there is wrong
+    (found with 9 added tokens, the special one the shortest)."""
+    tokenizer = small_tokenizer(pre_tokenizers.ByteLevel(add_prefix_space=False), AddedToken("<s>", special=True),
                                 normalizer=normalizers.NFC())
+    tokenizer.add_tokens([AddedToken(f"<tool{i}>", special=False, normalized=False) for i in range(8)])
     assert PieceTokenizer.prove(tokenizer)[0] is not None
     tokenizer.split_special_tokens = True
-    texts = chat(tokenizer, "<sep>")
+    texts = chat(tokenizer, "<s>")
     assert forced(tokenizer).tokenize(texts) != whole(tokenizer, texts)
     pieces, why = PieceTokenizer.prove(tokenizer)
-    assert pieces is None and "whole text" in why
+    assert pieces is None and "split_special_tokens" in why
+
+
+def test_a_tokenizer_class_that_rewrites_its_input_is_refused():
+    """A subclass with its own _encode_plus (CodeLlama's turns a <FILL_ME> text into an infilling pair)."""
+    class Rewriting(PreTrainedTokenizerFast):
+        def _encode_plus(self, text, *args, **kwargs):
+            return super()._encode_plus(text.replace("<sep>", " <sep> ") if isinstance(text, str) else text,
+                                        *args, **kwargs)
+
+    plain = small_tokenizer(pre_tokenizers.ByteLevel(add_prefix_space=False), AddedToken("<sep>", special=True))
+    assert PieceTokenizer.prove(plain)[0] is not None
+    tokenizer = Rewriting(tokenizer_object=plain.backend_tokenizer)
+    texts = chat(tokenizer, "<sep>")
+    assert forced(tokenizer).tokenize(texts) != whole(tokenizer, texts)
+    assert PieceTokenizer.prove(tokenizer) == (None, "Rewriting encodes its own way")
+
+
+def test_a_tokenizer_that_panics_on_a_probe_is_refused_not_fatal():
+    """tokenizers' Strip normalizer with a normalized whitespace added token panics (a Rust PanicException, a
+    BaseException) on non-ASCII text: prepare must go on with whole texts, not die before reading a row."""
+    core = Tokenizer(models.WordLevel({"[UNK]": 0, "x": 1}, unk_token="[UNK]"))
+    core.normalizer = normalizers.Strip()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.add_special_tokens([AddedToken("<s>", special=True, normalized=False)])
+    core.add_tokens([AddedToken("\n", special=False, normalized=True)])
+    pieces, why = PieceTokenizer.prove(PreTrainedTokenizerFast(tokenizer_object=core))
+    assert pieces is None and "fails on a probe text" in why
 
 
 def test_a_slow_tokenizer_is_tokenized_whole():

@@ -8,10 +8,13 @@ special tokens' ids between them. A chat rendered by a template is mostly such p
 each answer, and every cut of a prompt that is too long. Tokenized by pieces, each message costs one tokenization.
 
 That is exact only where nothing in the tokenizer depends on where a piece sits or what surrounds an added token,
-so `PieceTokenizer.prove` accepts a tokenizer only when (1) none of its added tokens strips the whitespace beside it
-or must be a single word, (2) no component depends on a piece's position (Metaspace's `prepend_scheme: first`, which
-adds its space to the text's first piece only), (3) it neither truncates nor pads, and (4) on probe texts the pieces
-give the ids of the whole text. Otherwise prepare tokenizes whole texts and says why.
+so `PieceTokenizer.prove` accepts a tokenizer only when (1) its Python class encodes as the fast tokenizer's own
+class does (a subclass may rewrite a text first: CodeLlama's infilling) and it cuts at its special tokens (not
+`split_special_tokens`), (2) none of its added tokens strips the whitespace beside it or must be a single word,
+(3) no component depends on a piece's position (Metaspace's `prepend_scheme: first`, which adds its space to the
+text's first piece only), (4) it neither truncates nor pads, and (5) on probe texts around every added token the
+pieces give the ids of the whole text, and the tokenizer does not fail on them. Otherwise prepare tokenizes whole
+texts and says why.
 """
 
 from __future__ import annotations
@@ -34,28 +37,39 @@ class PieceTokenizer:
     @classmethod
     def prove(cls, tokenizer) -> tuple[PieceTokenizer | None, str]:
         """A PieceTokenizer for `tokenizer`, or None and why not (a phrase to finish 'tokenizing whole texts: ...')."""
+        from transformers import PreTrainedTokenizerFast
+
         backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
         if backend is None:
             return None, "not a fast tokenizer"
+        if type(tokenizer)._encode_plus is not PreTrainedTokenizerFast._encode_plus:
+            return None, f"{type(tokenizer).__name__} encodes its own way"
+        if getattr(tokenizer, "split_special_tokens", False) or getattr(backend, "encode_special_tokens", False):
+            return None, "it reads its special tokens as text (split_special_tokens)"
         if backend.truncation is not None or backend.padding is not None:
             return None, "the tokenizer truncates or pads by itself"
         added = list(tokenizer.added_tokens_decoder.values())
         context = [t.content for t in added if t.lstrip or t.rstrip or t.single_word]
         if context:
             return None, f"added token {context[0]!r} depends on the text beside it (lstrip, rstrip or single_word)"
-        if _position_dependent(json.loads(backend.to_str())):
-            return None, "its Metaspace pre-tokenizer marks the text's first piece only (prepend_scheme: first)"
         raw = sorted({t.content for t in added if not t.normalized and t.content}, key=len, reverse=True)
         if not raw:
             return None, "no added tokens to cut at"
-        ids = {text: backend.token_to_id(text) for text in raw}
-        pieces = cls(tokenizer, re.compile("(" + "|".join(map(re.escape, raw)) + ")"), ids)
-        for text in raw[:8]:
-            for a in PROBES:
-                for b in PROBES:
-                    probe = a + text + b
-                    if pieces.tokenize([probe]) != [tokenizer(probe, add_special_tokens=False)["input_ids"]]:
-                        return None, f"its pieces do not give the ids of the whole text {probe!r}"
+        try:
+            if _position_dependent(json.loads(backend.to_str())):
+                return None, "its Metaspace pre-tokenizer marks the text's first piece only (prepend_scheme: first)"
+            ids = {text: backend.token_to_id(text) for text in raw}
+            pieces = cls(tokenizer, re.compile("(" + "|".join(map(re.escape, raw)) + ")"), ids)
+            for text in raw:
+                for a in PROBES:
+                    for b in PROBES:
+                        probe = a + text + b
+                        if pieces.tokenize([probe]) != [tokenizer(probe, add_special_tokens=False)["input_ids"]]:
+                            return None, f"its pieces do not give the ids of the whole text {probe!r}"
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as err:  # noqa: BLE001  the Rust side's panics are BaseExceptions (pyo3)
+            return None, f"it fails on a probe text ({type(err).__name__}: {str(err)[:80]})"
         pieces.forget()
         return pieces, "by the pieces between special tokens"
 
