@@ -20,14 +20,14 @@ ROWS_PER_BATCH = 256  # rows tokenized in one batched call, and what a worker pr
 
 def fit_rows(rows: list[dict], encode: Encoder, max_prompt_length: int, truncation: str, render: RenderMessages,
              workers: int = 1, batched: bool = True) -> tuple[list[dict], dict]:
-    """Rows that fit encode.max_length (cut as the module docstring says), and the counts (Fitting, all at once)."""
+    """Rows that fit encode.max_length (cut as length_rule.py says), and the counts (Fitting, all at once)."""
     fitting = Fitting(encode, max_prompt_length, truncation, render, workers, batched)
     return list(fitting.kept(rows)), fitting.stats
 
 
 class Fitting:
-    """The length rule over a stream of rows: `kept(rows)` yields, in order, the rows that fit (cut as the module
-    docstring says) and adds every row's cuts and drops to `stats`; memory does not grow with the rows.
+    """The length rule over a stream of rows: `kept(rows)` yields, in order, the rows that fit (cut as length_rule.py
+    says) and adds every row's cuts and drops to `stats`; memory does not grow with the rows.
 
     The rows go in batches of ROWS_PER_BATCH: each batch's prompts and prompt + answer texts are tokenized in one
     batched call, and every later length of that batch reads those ids (Encoder.batch), so a row that fits is
