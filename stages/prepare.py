@@ -5,10 +5,10 @@ a byte-level BPE trained here, so lengths are decided in the model's own tokens.
 Source `grammar` generates the built-in grammar-tutor task from `seed`, with its gold, validation and judge sets
 in data/prepared/checks/; any other source is a file under data/raw/ (yaml, jsonl, json, csv, parquet) of
 preference pairs or of unpaired feedback (formats.py), which dvc.yaml lists as a dependency, so editing it
-reruns this stage and whatever its outputs feed. Rows are fitted to `model.max_length` (length_rule.py, fitting.py: cut, or
-dropped under `data.truncation: drop`), exact duplicates dropped or refused (`data.duplicates`), all counted in
-metrics/prepare.json. Everything is validated before the first file is written, so a bad input leaves
-no partial outputs.
+reruns this stage and whatever its outputs feed. Rows are fitted to `model.max_length` (length_rule.py, run by
+fitting.py: cut, or dropped under `data.truncation: drop`), exact duplicates dropped or refused
+(`data.duplicates`), all counted in metrics/prepare.json. Everything is validated before the first file is written,
+so a bad input leaves no partial outputs.
 """
 
 from preftune.pipeline import numerics
@@ -170,7 +170,7 @@ def main() -> None:
         tokenizer = scratch.train_tokenizer(scratch_tokenizer_texts(source_rows(), sft), model_cfg["vocab_size"])
     loading.ensure_pad_token(tokenizer)
     fitter = fitting.Fitting(Encoder(tokenizer, max_length), max_prompt, cfg["truncation"], render,
-                                  workers=len(os.sched_getaffinity(0)))
+                             workers=len(os.sched_getaffinity(0)))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prepare-") as spool_dir:
         # One pass: read, drop duplicates, fit, and spool the kept rows to disk; what the split, the label noise and

@@ -107,7 +107,8 @@ def fit_prompt(row: dict, encode: Encoder, budget: int, render: RenderMessages, 
     """`row` with its prompt cut to at most `budget` tokens (as the module docstring says), or None when nothing
     of it would remain; adds to the PROMPT_CUTS counts in `stats`. A conversation (the row has "messages") keeps
     its system message and the template's headers; a text prompt keeps its end."""
-    if len(encode.prompt_ids(row["prompt"])) <= budget:
+    prompt_len = len(encode.prompt_ids(row["prompt"]))
+    if prompt_len <= budget:
         return row
     if "messages" not in row:
         prompt = encode.tail(row["prompt"], budget)
@@ -125,25 +126,24 @@ def fit_prompt(row: dict, encode: Encoder, budget: int, render: RenderMessages, 
             return {**row, **render_row(cut, render)}
         return {**row, "prompt": render(cut["prompt"], True), "messages": cut}  # a prepared row: its prompt only
 
-    def fits(kept: list) -> bool:
-        return len(encode.prompt_ids(render(system + kept, True))) <= budget
+    def over(kept: list) -> int:  # tokens over the budget, negative when the prompt fits
+        return len(encode.prompt_ids(render(system + kept, True))) - budget
 
     # Whole turns go, oldest first, while the rest is still too long: the fewest `drop` for which the turns after
     # groups[drop] fit (at most all but the last), searched from the guess that tokens go with characters.
-    excess = len(encode.prompt_ids(row["prompt"])) - budget
-    per_char = len(encode.prompt_ids(row["prompt"])) / max(len(row["prompt"]), 1)
+    per_char = prompt_len / max(len(row["prompt"]), 1)
     sizes = itertools.accumulate(sum(len(str(m["content"])) for m in g) * per_char for g in groups)
-    guess = next((k for k, size in enumerate(sizes) if size >= excess), len(groups) - 1)
-    drop = _fewest(lambda k: fits(_flat(groups[k + 1:])), len(groups) - 1, guess)
+    guess = next((k for k, size in enumerate(sizes) if size >= prompt_len - budget), len(groups) - 1)
+    drop = _fewest(lambda k: over(_flat(groups[k + 1:])) <= 0, len(groups) - 1, guess)
     stats["prompt_turns_dropped"] += len(_flat(groups[:drop]))
     groups = groups[drop:]
-    if fits(_flat(groups)):
+    excess = over(_flat(groups))
+    if excess <= 0:
         return rendered(_flat(groups))
     # Cut the oldest content that still has to go from its start: the oldest turn's first message
     first, rest = groups[0][0], _flat(groups[1:])
     content = _cut_head_to_fit(first["content"], encode,
-                               lambda c: fits([{**first, "content": c}, *groups[0][1:], *rest]),
-                               len(encode.prompt_ids(render(system + _flat(groups), True))) - budget)
+                               lambda c: over([{**first, "content": c}, *groups[0][1:], *rest]) <= 0, excess)
     if content is None and rest:  # even all of it is not enough: the whole turn goes, and the rest fits
         stats["prompt_turns_dropped"] += len(groups[0])
         return rendered(rest)
@@ -196,12 +196,11 @@ def _fewest(holds, n: int, guess: int) -> int:
     """The smallest k in [0, n) for which holds(k), or n when none does, for a `holds` that stays true once it is
     (false ... false true ... true). It looks at `guess` first, then gallops away from it and bisects, so a good
     guess costs two calls where a bisection costs log2(n) and a scan from 0 costs k + 1."""
-    no, yes = -1, n  # holds(no) is false (or no is -1), holds(yes) is true (or yes is n)
     if n == 0:
         return 0
     probe, step = min(max(guess, 0), n - 1), 1
     going_down = holds(probe)
-    no, yes = (no, probe) if going_down else (probe, yes)
+    no, yes = (-1, probe) if going_down else (probe, n)  # holds(no) is false (or no is -1), holds(yes) true (or n)
     while yes - no > 1:
         probe = yes - step if going_down else no + step
         if (going_down and probe <= no) or (not going_down and probe >= yes):
